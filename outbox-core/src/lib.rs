@@ -1,0 +1,114 @@
+//! # outbox-core
+//!
+//! The heart of the **outbox** framework for the transactional outbox pattern: an application
+//! writes an event into an outbox table *in the same database transaction* as its business
+//! change, and a [`Relay`] publishes committed entries to a broker afterwards, retrying until the
+//! broker has them. Delivery is at least once; consumers de-duplicate by [`EntryId`].
+//!
+//! This crate has no third-party dependency in its default features. It owns:
+//! - the entry model ([`NewEntry`], [`Entry`]) with validation at build time;
+//! - the status state machine ([`status`]): pending → processing → published, failed with a
+//!   retry, dead;
+//! - the retry policy ([`RetryPolicy`], [`ExponentialBackoff`] with full jitter);
+//! - the ports adapters implement: [`Store`] and [`Maintenance`] (storage), [`Publisher`]
+//!   (broker), [`Clock`] and [`Timer`] (time), [`Observer`] (metrics and tracing);
+//! - the [`Relay`];
+//! - in-memory adapters ([`MemoryStore`], [`CollectingPublisher`], [`ScriptedPublisher`],
+//!   [`NoopPublisher`]);
+//! - with the `testkit` feature, the conformance suites every adapter runs (`testkit`).
+//!
+//! Storage adapters (`outbox-sqlx`, `outbox-diesel`, `outbox-seaorm`) and broker adapters
+//! (`outbox-kafka`, `outbox-rabbitmq`, `outbox-eventbridge`) live in crates of their own.
+//!
+//! ## Example
+//! ```
+//! use outbox_core::{CollectingPublisher, MemoryStore, NewEntry, Relay, RelayConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! let publisher = CollectingPublisher::new();
+//! let relay = Relay::new(store.clone(), publisher.clone(), RelayConfig::default())?;
+//!
+//! // In the application's transaction (here the in-memory store's own):
+//! let mut tx = store.begin();
+//! tx.enqueue(NewEntry::builder("order", "o-1", "order.placed").json(r#"{"total":42}"#).build()?);
+//! tx.commit()?;
+//!
+//! // A rolled-back transaction leaves nothing behind.
+//! let mut tx = store.begin();
+//! tx.enqueue(NewEntry::builder("order", "o-2", "order.placed").json("{}").build()?);
+//! drop(tx);
+//!
+//! let report = relay.run_once().await?;
+//! assert_eq!(report.published, 1);
+//! assert_eq!(publisher.published()[0].aggregate_id, "o-1");
+//! # Ok(()) }
+//! ```
+//! In a service, run the relay until shutdown: `relay.run(shutdown_signal).await`, and call
+//! [`Wakeup::wake`] (from [`Relay::wakeup`]) after committing, or let the store's notifier do it,
+//! so entries go out within milliseconds instead of a poll interval later.
+//!
+//! ## The guarantees
+//! Every store and the relay keep these; the testkit checks each one.
+//! 1. **Nothing rolled back is ever published.** Entries are written in the application's
+//!    transaction and claimed only once committed.
+//! 2. **Everything committed is eventually published or dead-lettered**, whatever crashes in
+//!    between: a claim is a lease; when it lapses (the relay crashed or stalled), the entries are
+//!    claimable again.
+//! 3. **Per-aggregate order.** For one (aggregate type, aggregate id), entries are published in
+//!    sequence order, and an entry is never marked published while an earlier entry of its
+//!    aggregate is unpublished. A failing entry holds back only its own aggregate; all others
+//!    keep flowing.
+//! 4. **Batches keep order.** A batch may carry several entries of one aggregate; when one fails,
+//!    the later ones of that aggregate in the batch are released unpublished and without counting
+//!    an attempt.
+//! 5. **No double publish without a crash**, even with several relays on one store: two claims
+//!    never hold the same entry.
+//!
+//! A delayed entry ([`NewEntryBuilder::not_before`]) holds back the later entries of its
+//! aggregate until it is due: order wins over timeliness. A dead entry blocks its aggregate
+//! until an operator requeues it, unless [`DeadPolicy::Skip`] is configured.
+//!
+//! ## What a writer must guarantee
+//! Writing is each storage adapter's own function, taking its library's transaction type. It must:
+//! - insert the entry with the caller's transaction, so it commits or rolls back with it, and
+//!   never commit on its own;
+//! - give the entry the next sequence of its aggregate such that sequences follow commit order
+//!   for an aggregate whose writers are serialized (for example by locking the aggregate's row);
+//! - store every field of the [`NewEntry`] unchanged (id, headers in order, payload bytes,
+//!   content type, `not_before`), status pending, no attempts;
+//! - reject a duplicate id with an error rather than overwrite or drop an entry.
+//!
+//! ## Features
+//! - `tokio`: [`TokioTimer`](time::TokioTimer), used by [`Relay::run`] by default.
+//! - `testkit`: the conformance suites (`testkit`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod entry;
+pub mod error;
+pub mod memory;
+pub mod publisher;
+pub mod relay;
+pub mod retry;
+pub mod status;
+pub mod store;
+pub mod time;
+
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub mod testkit;
+
+pub use entry::{
+    Entry, EntryId, Field, Headers, Lease, Limits, NewEntry, NewEntryBuilder, Payload, ValidationError, header,
+};
+pub use error::{Error, ErrorKind, Result};
+pub use memory::{CollectingPublisher, MemoryStore, MemoryTransaction, NoopPublisher, ScriptedPublisher};
+pub use publisher::{DynPublisher, Outcome, Publisher};
+pub use relay::{BatchReport, NoopObserver, Observer, Relay, RelayConfig, RelayEvent, Wakeup};
+pub use retry::{ExponentialBackoff, RandomSource, RetryDecision, RetryPolicy, SplitMix64};
+pub use status::{Event, InvalidTransition, Status};
+pub use store::{
+    ClaimRequest, Completion, Dead, DeadPolicy, DynStore, Maintenance, MaintenanceExt, Requeue, Retry, Stats, Store,
+};
+pub use time::{BoxFuture, Clock, ManualClock, SystemClock, Timer, Timestamp};

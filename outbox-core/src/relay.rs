@@ -1,0 +1,605 @@
+//! The relay: claims committed entries, publishes them, records the outcome, again and again.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::entry::Entry;
+use crate::error::{Error, ErrorKind, Result};
+use crate::publisher::{Outcome, Publisher};
+use crate::retry::{ExponentialBackoff, RetryDecision, RetryPolicy};
+use crate::store::{ClaimRequest, Completion, Dead, DeadPolicy, Retry, Store};
+use crate::time::{Clock, SystemClock, Timer, Timestamp};
+
+/// How a relay behaves. Start from [`RelayConfig::default`] and change what you need.
+#[derive(Clone)]
+pub struct RelayConfig {
+    /// Names this relay in leases and logs; unique per process by default.
+    pub relay_id: String,
+    /// The most entries claimed and published per batch (default 1000).
+    pub batch_size: usize,
+    /// The most entries of one aggregate per batch (default 20). With 1, a later entry of an
+    /// aggregate is never sent before the earlier one succeeded, at the cost of throughput for
+    /// busy aggregates; with more, a failure may let the broker see a later entry once before
+    /// it is sent again in order (it is released, not marked published).
+    pub max_per_aggregate: usize,
+    /// How many batches may be in flight at once (default 1).
+    pub max_in_flight: usize,
+    /// How long to wait before polling again when idle (default 100 ms); doubles while idle.
+    pub poll_interval: Duration,
+    /// The longest idle wait (default 2 s). A [`Wakeup`] ends any wait at once.
+    pub max_poll_interval: Duration,
+    /// How long a claim holds (default 30 s): a crashed relay's entries are claimable after it.
+    pub lease_duration: Duration,
+    /// The longest a publish may take before its entries count as failed-retryable (default 10 s).
+    /// Must be shorter than the lease.
+    pub publish_timeout: Duration,
+    /// What a dead entry does to the later entries of its aggregate (default: blocks them).
+    pub on_dead: DeadPolicy,
+    /// When to retry and when to give up (default [`ExponentialBackoff::default`]).
+    pub retry: Arc<dyn RetryPolicy>,
+    /// Where `now` comes from (default the system clock).
+    pub clock: Arc<dyn Clock>,
+    /// How the relay waits. Defaults to tokio's timer when the `tokio` feature is on;
+    /// [`Relay::run`] needs one.
+    pub timer: Option<Arc<dyn Timer>>,
+    /// Receives what happens, for metrics and tracing (default: nothing).
+    pub observer: Arc<dyn Observer>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            relay_id: format!(
+                "relay-{}-{:08x}",
+                std::process::id(),
+                crate::entry::EntryId::generate().as_u128() as u32
+            ),
+            batch_size: 1000,
+            max_per_aggregate: 20,
+            max_in_flight: 1,
+            poll_interval: Duration::from_millis(100),
+            max_poll_interval: Duration::from_secs(2),
+            lease_duration: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(10),
+            on_dead: DeadPolicy::Block,
+            retry: Arc::new(ExponentialBackoff::default()),
+            clock: Arc::new(SystemClock),
+            timer: default_timer(),
+            observer: Arc::new(NoopObserver),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+fn default_timer() -> Option<Arc<dyn Timer>> {
+    Some(Arc::new(crate::time::TokioTimer))
+}
+
+#[cfg(not(feature = "tokio"))]
+fn default_timer() -> Option<Arc<dyn Timer>> {
+    None
+}
+
+impl fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("relay_id", &self.relay_id)
+            .field("batch_size", &self.batch_size)
+            .field("max_per_aggregate", &self.max_per_aggregate)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("poll_interval", &self.poll_interval)
+            .field("max_poll_interval", &self.max_poll_interval)
+            .field("lease_duration", &self.lease_duration)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("on_dead", &self.on_dead)
+            .field("retry", &self.retry)
+            .field("clock", &self.clock)
+            .field("timer", &self.timer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayConfig {
+    fn validate(&self) -> Result<()> {
+        let fail = |what: &str| Err(Error::new(ErrorKind::Config, format!("invalid relay config: {what}")));
+        if self.relay_id.trim().is_empty() {
+            return fail("relay_id is empty; leave the default or give a unique name");
+        }
+        if self.batch_size == 0 || self.max_per_aggregate == 0 || self.max_in_flight == 0 {
+            return fail("batch_size, max_per_aggregate and max_in_flight must each be at least 1");
+        }
+        if self.poll_interval.is_zero() || self.max_poll_interval < self.poll_interval {
+            return fail("poll_interval must be above zero and at most max_poll_interval");
+        }
+        if self.publish_timeout >= self.lease_duration {
+            return fail(
+                "publish_timeout must be shorter than lease_duration, or another relay could claim a batch still being published",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What one batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Entries claimed.
+    pub claimed: usize,
+    /// Entries the broker accepted.
+    pub published: usize,
+    /// Entries scheduled for a retry.
+    pub retried: usize,
+    /// Entries given up on.
+    pub dead: usize,
+    /// Entries given back unpublished without an attempt.
+    pub released: usize,
+}
+
+/// Something the relay did, for an [`Observer`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RelayEvent<'a> {
+    /// A batch was claimed.
+    Claimed {
+        /// How many entries.
+        entries: usize,
+        /// How long the claim took.
+        took: Duration,
+    },
+    /// An entry reached the broker.
+    Published {
+        /// The entry.
+        entry: &'a Entry,
+        /// From when it was written (about its commit) to when its publish was recorded.
+        latency: Duration,
+    },
+    /// A publish failed and will be retried.
+    RetryScheduled {
+        /// The entry.
+        entry: &'a Entry,
+        /// Which attempt failed (1 for the first).
+        attempt: u32,
+        /// When the next attempt is due.
+        at: Timestamp,
+        /// Why it failed.
+        error: &'a Error,
+    },
+    /// An entry went dead.
+    DeadLettered {
+        /// The entry.
+        entry: &'a Entry,
+        /// Attempts made.
+        attempts: u32,
+        /// Why.
+        error: &'a Error,
+    },
+    /// A batch finished.
+    BatchCompleted {
+        /// What it did.
+        report: BatchReport,
+        /// Time spent claiming.
+        claim: Duration,
+        /// Time spent publishing.
+        publish: Duration,
+        /// Time spent recording outcomes.
+        complete: Duration,
+    },
+    /// Claiming or recording outcomes failed; the relay backs off and tries again.
+    StoreError {
+        /// The error.
+        error: &'a Error,
+    },
+}
+
+/// Receives [`RelayEvent`]s: plug metrics and tracing in here.
+pub trait Observer: Send + Sync {
+    /// Called synchronously on the relay's task: keep it cheap.
+    fn observe(&self, event: &RelayEvent<'_>);
+}
+
+/// An observer that ignores everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopObserver;
+
+impl Observer for NoopObserver {
+    fn observe(&self, _: &RelayEvent<'_>) {}
+}
+
+impl<F: Fn(&RelayEvent<'_>) + Send + Sync> Observer for F {
+    fn observe(&self, event: &RelayEvent<'_>) {
+        self(event)
+    }
+}
+
+/// A one-way, multi-waiter signal built on std only.
+#[derive(Default)]
+struct Signal {
+    generation: AtomicU64,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Signal {
+    fn fire(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the signal fired after `seen` was read.
+    async fn changed_since(&self, seen: u64) {
+        poll_fn(|cx| {
+            if self.generation() != seen {
+                return Poll::Ready(());
+            }
+            let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            drop(wakers);
+            if self.generation() != seen { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await
+    }
+}
+
+/// Wakes a relay at once, e.g. after a transaction that enqueued entries committed, or when a
+/// store notification (PostgreSQL `NOTIFY`) arrives. Cheap to clone and to call.
+#[derive(Clone, Default)]
+pub struct Wakeup(Arc<Signal>);
+
+impl Wakeup {
+    /// A handle not yet attached to a relay (see [`Relay::with_wakeup`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ends the relay's idle wait now; if it is busy, it claims again right after.
+    pub fn wake(&self) {
+        self.0.fire();
+    }
+}
+
+impl fmt::Debug for Wakeup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wakeup").field("generation", &self.0.generation()).finish()
+    }
+}
+
+/// The relay: drives entries from a [`Store`] to a [`Publisher`].
+///
+/// See [the crate docs](crate) for an example and the guarantees.
+pub struct Relay<S, P> {
+    store: S,
+    publisher: P,
+    config: RelayConfig,
+    wakeup: Wakeup,
+    batches: AtomicU64,
+}
+
+impl<S, P> fmt::Debug for Relay<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<S: Store, P: Publisher> Relay<S, P> {
+    /// A relay over `store` and `publisher`; fails if `config` is inconsistent.
+    pub fn new(store: S, publisher: P, config: RelayConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Relay { store, publisher, config, wakeup: Wakeup::new(), batches: AtomicU64::new(0) })
+    }
+
+    /// Uses `wakeup` (e.g. one already given to a store's notifier) instead of a new handle.
+    pub fn with_wakeup(mut self, wakeup: Wakeup) -> Self {
+        self.wakeup = wakeup;
+        self
+    }
+
+    /// A handle that wakes this relay.
+    pub fn wakeup(&self) -> Wakeup {
+        self.wakeup.clone()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The publisher.
+    pub fn publisher(&self) -> &P {
+        &self.publisher
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// Claims, publishes and completes one batch; for tests and for callers with their own loop.
+    ///
+    /// An `Err` is a store failure (claim or completion); publish failures are outcomes.
+    pub async fn run_once(&self) -> Result<BatchReport> {
+        let config = &self.config;
+        let holder = format!("{}:{}", config.relay_id, self.batches.fetch_add(1, Ordering::Relaxed));
+        let now = config.clock.now();
+        let request = ClaimRequest {
+            holder: &holder,
+            now,
+            lease_until: now.saturating_add(config.lease_duration),
+            max_entries: config.batch_size,
+            max_per_aggregate: config.max_per_aggregate,
+            on_dead: config.on_dead,
+        };
+        let started = Instant::now();
+        let batch = self.store.claim(&request).await?;
+        let claim_took = started.elapsed();
+        if batch.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        self.observe(&RelayEvent::Claimed { entries: batch.len(), took: claim_took });
+
+        let publish_started = Instant::now();
+        let outcomes = self.publish(&batch).await;
+        let publish_took = publish_started.elapsed();
+
+        let (completion, fates) = self.completion(holder, &batch, outcomes);
+        let complete_started = Instant::now();
+        self.complete(&completion).await?;
+        let complete_took = complete_started.elapsed();
+
+        let report = BatchReport {
+            claimed: batch.len(),
+            published: completion.published.len(),
+            retried: completion.retry.len(),
+            dead: completion.dead.len(),
+            released: completion.released.len(),
+        };
+        self.report(&batch, completion.now, &fates);
+        self.observe(&RelayEvent::BatchCompleted {
+            report,
+            claim: claim_took,
+            publish: publish_took,
+            complete: complete_took,
+        });
+        Ok(report)
+    }
+
+    /// Runs until `shutdown` completes: claims while there is work, waits (woken by the
+    /// [`Wakeup`] or the poll interval) while there is none. On shutdown it stops claiming,
+    /// lets the batches in flight finish, and returns.
+    ///
+    /// Store failures never end the loop: they are reported to the observer and retried after
+    /// a back-off. Fails only if no [`Timer`] is configured.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let Some(timer) = self.config.timer.clone() else {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "the relay has no timer: enable outbox-core's `tokio` feature or set RelayConfig::timer",
+            ));
+        };
+        let stop = Stop::default();
+        let mut workers: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
+            (0..self.config.max_in_flight).map(|_| Box::pin(self.worker(&*timer, &stop)) as Pin<Box<_>>).collect();
+        let mut done = vec![false; workers.len()];
+        let mut shutdown = pin!(shutdown);
+        let mut shutdown_seen = false;
+        poll_fn(|cx| {
+            if !shutdown_seen && shutdown.as_mut().poll(cx).is_ready() {
+                shutdown_seen = true;
+                stop.trigger();
+            }
+            let mut all_done = true;
+            for (worker, done) in workers.iter_mut().zip(done.iter_mut()) {
+                if !*done {
+                    *done = worker.as_mut().poll(cx).is_ready();
+                    all_done &= *done;
+                }
+            }
+            if all_done { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn worker(&self, timer: &dyn Timer, stop: &Stop) {
+        let mut idle = self.config.poll_interval;
+        while !stop.is_triggered() {
+            let seen = self.wakeup.0.generation();
+            match self.run_once().await {
+                Ok(report) if report.claimed > 0 => idle = self.config.poll_interval,
+                Ok(_) => {
+                    race(race(self.wakeup.0.changed_since(seen), timer.sleep(idle)), stop.wait()).await;
+                    idle = (idle * 2).min(self.config.max_poll_interval);
+                }
+                Err(error) => {
+                    self.observe(&RelayEvent::StoreError { error: &error });
+                    race(timer.sleep(idle), stop.wait()).await;
+                    idle = (idle * 2).min(self.config.max_poll_interval);
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, batch: &[Entry]) -> Vec<Outcome> {
+        let result = match &self.config.timer {
+            Some(timer) => match race(self.publisher.publish(batch), timer.sleep(self.config.publish_timeout)).await {
+                Either::Left(result) => result,
+                Either::Right(()) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "publishing a batch of {} took longer than the publish timeout of {:?}",
+                        batch.len(),
+                        self.config.publish_timeout
+                    ),
+                )),
+            },
+            None => self.publisher.publish(batch).await,
+        };
+        match result {
+            Ok(outcomes) if outcomes.len() == batch.len() => outcomes,
+            Ok(outcomes) => {
+                let message = format!(
+                    "the publisher returned {} outcomes for a batch of {}; it must return one per entry",
+                    outcomes.len(),
+                    batch.len()
+                );
+                batch
+                    .iter()
+                    .map(|_| Outcome::Failed(Error::new(ErrorKind::Unexpected, message.clone()).with_retryable(true)))
+                    .collect()
+            }
+            Err(error) => batch
+                .iter()
+                .map(|_| {
+                    Outcome::Failed(Error::new(error.kind(), error.to_string()).with_retryable(error.is_retryable()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Turns outcomes into a completion, keeping order: once an entry of an aggregate fails,
+    /// its later entries in the batch are released, whatever the publisher said of them.
+    fn completion(&self, holder: String, batch: &[Entry], outcomes: Vec<Outcome>) -> (Completion, Vec<Fate>) {
+        let now = self.config.clock.now();
+        let mut completion = Completion { holder, now, ..Completion::default() };
+        let mut blocked: HashSet<(&str, &str)> = HashSet::new();
+        let mut fates = Vec::with_capacity(batch.len());
+        for (entry, outcome) in batch.iter().zip(outcomes) {
+            let key = (entry.aggregate_type.as_str(), entry.aggregate_id.as_str());
+            if !blocked.is_empty() && blocked.contains(&key) {
+                completion.released.push(entry.id);
+                fates.push(Fate::Released);
+                continue;
+            }
+            let error = match outcome {
+                Outcome::Published => {
+                    completion.published.push(entry.id);
+                    fates.push(Fate::Published);
+                    continue;
+                }
+                Outcome::Failed(error) => error,
+            };
+            match self.config.retry.decide(entry.attempts + 1, &error) {
+                RetryDecision::RetryAfter(delay) => {
+                    let at = now.saturating_add(delay);
+                    completion.retry.push(Retry { id: entry.id, at, error: error.to_string() });
+                    blocked.insert(key);
+                    fates.push(Fate::Retry(error, at));
+                }
+                RetryDecision::GiveUp => {
+                    completion.dead.push(Dead { id: entry.id, error: error.to_string() });
+                    if self.config.on_dead == DeadPolicy::Block {
+                        blocked.insert(key);
+                    }
+                    fates.push(Fate::Dead(error));
+                }
+            }
+        }
+        (completion, fates)
+    }
+
+    /// Records a completion, retrying a few times on retryable store errors: if it cannot be
+    /// recorded the entries are published again after their lease (at least once).
+    async fn complete(&self, completion: &Completion) -> Result<()> {
+        let mut delay = self.config.poll_interval;
+        let mut tries = 0;
+        loop {
+            match self.store.complete(completion).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_retryable() && tries < 3 && self.config.timer.is_some() => {
+                    self.observe(&RelayEvent::StoreError { error: &error });
+                    if let Some(timer) = &self.config.timer {
+                        timer.sleep(delay).await;
+                    }
+                    delay *= 2;
+                    tries += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn report(&self, batch: &[Entry], now: Timestamp, fates: &[Fate]) {
+        for (entry, fate) in batch.iter().zip(fates) {
+            let attempt = entry.attempts + 1;
+            match fate {
+                Fate::Published => {
+                    let latency = now.saturating_duration_since(entry.created_at);
+                    self.observe(&RelayEvent::Published { entry, latency });
+                }
+                Fate::Released => {}
+                Fate::Retry(error, at) => self.observe(&RelayEvent::RetryScheduled { entry, attempt, at: *at, error }),
+                Fate::Dead(error) => self.observe(&RelayEvent::DeadLettered { entry, attempts: attempt, error }),
+            }
+        }
+    }
+
+    fn observe(&self, event: &RelayEvent<'_>) {
+        self.config.observer.observe(event);
+    }
+}
+
+#[derive(Default)]
+struct Stop {
+    triggered: AtomicBool,
+    signal: Signal,
+}
+
+impl Stop {
+    fn trigger(&self) {
+        self.triggered.store(true, Ordering::SeqCst);
+        self.signal.fire();
+    }
+
+    fn is_triggered(&self) -> bool {
+        self.triggered.load(Ordering::SeqCst)
+    }
+
+    async fn wait(&self) {
+        let seen = self.signal.generation();
+        if !self.is_triggered() {
+            self.signal.changed_since(seen).await;
+        }
+    }
+}
+
+/// What became of one entry of a batch.
+enum Fate {
+    Published,
+    Released,
+    Retry(Error, Timestamp),
+    Dead(Error),
+}
+
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Polls both futures; completes with whichever finishes first (the first one on a tie).
+async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    poll_fn(|cx| {
+        if let Poll::Ready(x) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(x));
+        }
+        if let Poll::Ready(y) = b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(y));
+        }
+        Poll::Pending
+    })
+    .await
+}
