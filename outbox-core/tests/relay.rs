@@ -1,4 +1,5 @@
 //! The relay's own behaviour: wake-ups, shutdown, timeouts, observer, concurrency, store errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers may unwrap
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
