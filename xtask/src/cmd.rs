@@ -198,3 +198,16 @@ pub(crate) fn spawn_detached(command: &Command, log: &std::path::Path) -> Result
         .spawn()
         .map_err(|e| format!("could not start `setsid {line}`: {e}"))
 }
+
+/// Runs `cargo <args>`, streaming stderr, and returns its stdout (also echoed).
+pub(crate) fn cargo_stdout(args: &[&str]) -> Result<String, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(cargo);
+    command.args(args).current_dir(root()).stderr(std::process::Stdio::inherit());
+    let shown = format!("{command:?}");
+    println!("$ {shown}");
+    let output = command.output().map_err(|e| format!("could not start `{shown}`: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    print!("{stdout}");
+    if output.status.success() { Ok(stdout) } else { Err(format!("`{shown}` failed with {}", output.status)) }
+}

@@ -7,7 +7,7 @@
 //! | `ci` | services up, `cargo fmt --check`, clippy `-D warnings`, every test, `cargo doc` with warnings denied, every example |
 //! | `test` | services up, then every test of the workspace |
 //! | `services up\|status` | installs (if missing) and starts PostgreSQL, MariaDB, RabbitMQ, a Kafka-protocol broker and an EventBridge endpoint |
-//! | `bench` | the benchmarks; prints one table |
+//! | `bench [crate...]` | every crate's benchmarks (release builds); prints one table |
 //! | `examples` | runs every example against the local services |
 
 mod cmd;
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <ci | test | services up|status | bench [filter] | examples>";
+const USAGE: &str = "usage: cargo xtask <ci | test | services up|status | bench [crate...] | examples>";
 
 /// Everything CI checks, in the order that fails fastest.
 fn ci() -> Result<(), String> {
@@ -51,12 +51,31 @@ fn test() -> Result<(), String> {
     cmd::cargo(&["test", "--workspace", "--all-features"])
 }
 
-/// Runs the benchmarks (release builds) and prints their table.
-fn bench(filter: &[String]) -> Result<(), String> {
+/// Runs every crate's benchmarks (release builds) and prints their rows as one table, also
+/// written to `target/bench-results.md`. `cargo xtask bench outbox-sqlx` runs one crate's.
+fn bench(crates: &[String]) -> Result<(), String> {
     services::up()?;
-    let mut args = vec!["run", "--release", "--package", "outbox-bench", "--"];
-    args.extend(filter.iter().map(String::as_str));
-    cmd::cargo(&args)
+    let mut args = vec!["bench", "--benches"];
+    if crates.is_empty() {
+        args.push("--workspace");
+    }
+    for name in crates {
+        args.extend(["--package", name.as_str()]);
+    }
+    let rows = cmd::cargo_stdout(&args)?;
+    let mut table = String::from("| area | case | figure | unit | note |\n|---|---|---|---|---|\n");
+    for row in rows.lines().filter(|l| l.starts_with("| ")) {
+        table.push_str(row);
+        table.push('\n');
+    }
+    println!("\n{table}");
+    let out = cmd::root().join("target").join("bench-results.md");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&out, &table).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    println!("(also written to {})", out.display());
+    Ok(())
 }
 
 /// Runs every example package under `examples/` against the local services.
