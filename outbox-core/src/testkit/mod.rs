@@ -1,4 +1,4 @@
-//! Conformance suites: prove a [`Store`] or a [`Publisher`] keeps the guarantees.
+//! Conformance suites: prove a [`Store`] or a [`Publisher`](crate::Publisher) keeps the guarantees.
 //!
 //! A storage adapter implements [`Harness`] (a fresh, empty outbox; a way to write entries in
 //! the adapter's own transaction; a second store on the same outbox) and calls
