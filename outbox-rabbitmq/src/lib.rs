@@ -1,0 +1,79 @@
+//! # outbox-rabbitmq
+//!
+//! Publishes **outbox** entries to RabbitMQ (AMQP 0-9-1, through [lapin](https://docs.rs/lapin)):
+//! the [`Publisher`](outbox_core::Publisher) a [`Relay`](outbox_core::Relay) hands its claimed
+//! batches to. An entry is reported published only once the broker **confirmed** it
+//! (publisher confirms) and did not return it as unroutable.
+//!
+//! ## Example
+//! ```no_run
+//! use outbox_core::{MemoryStore, NewEntry, Relay, RelayConfig};
+//! use outbox_rabbitmq::{ExchangeType, RabbitMqConfig, RabbitMqPublisher, Routing};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = RabbitMqConfig::builder("amqp://guest:guest@127.0.0.1:5672/%2f", "orders.events")
+//!     .routing(Routing::EventType) // the default: routing key = event type
+//!     .declare_exchange(ExchangeType::Topic) // or leave it to operators: then it is only checked
+//!     .connection_name("orders-relay")
+//!     .build()?;
+//! let publisher = RabbitMqPublisher::new(config);
+//! publisher.connect().await?; // optional: fail fast at start-up
+//!
+//! let store = MemoryStore::new();
+//! let mut tx = store.begin();
+//! tx.enqueue(NewEntry::builder("order", "o-1", "order.placed").json(r#"{"total":42}"#).build()?);
+//! tx.commit()?;
+//!
+//! let relay = Relay::new(store, publisher, RelayConfig::default())?;
+//! let report = relay.run_once().await?;
+//! println!("published {}", report.published);
+//! # Ok(()) }
+//! ```
+//!
+//! ## What a message looks like
+//! Persistent (delivery mode 2), `message_id` = entry id, `type` = event type, `content_type`,
+//! `timestamp` (seconds), and the entry's headers plus `outbox-aggregate-type`,
+//! `outbox-aggregate-id` and `outbox-sequence` as an AMQP table: see [`message`] for the full
+//! mapping.
+//!
+//! ## Outcomes
+//! | what happened | outcome |
+//! |---|---|
+//! | broker ack | `Published` |
+//! | ack with the message returned (`mandatory`, no queue bound: 312 NO_ROUTE) | failed, [`Rejected`](outbox_core::ErrorKind::Rejected), **permanent**: retrying cannot create a binding; the error names the exchange and routing key |
+//! | routing key, header name or property over 255 bytes | failed, [`Validation`](outbox_core::ErrorKind::Validation), permanent, that entry alone |
+//! | broker nack | failed, [`Unavailable`](outbox_core::ErrorKind::Unavailable), retryable |
+//! | connection or channel lost before the confirm (broker restart, `rabbitmqctl close_connection`, channel error) | failed, retryable; later entries of the batch too; the next batch reconnects |
+//! | no confirm within `confirm_timeout` | failed, [`Timeout`](outbox_core::ErrorKind::Timeout), retryable; the connection is replaced |
+//! | cannot connect, exchange missing, access refused | the whole batch fails (`Err`), retryable: entries wait for the broker or the operator instead of dying |
+//!
+//! Delivery is at least once: an entry whose confirm was lost may have reached its queue, and
+//! will be sent again; consumers de-duplicate by `message_id`.
+//!
+//! ## Order
+//! One channel carries a batch, in batch order, and RabbitMQ keeps the order of one channel's
+//! messages within a queue, so entries of one aggregate reach each queue in sequence order.
+//!
+//! ## Connection handling
+//! The publisher opens one connection with one confirm-mode channel on its first batch (or on
+//! [`RabbitMqPublisher::connect`]) and keeps it. When a batch finds the connection or channel
+//! broken, it reports the unconfirmed entries retryable and drops the connection; the next
+//! batch opens a new one (a mutex serializes batches, so reconnecting is never raced). lapin's
+//! own auto-recovery is not used: the publisher must know which confirms were lost.
+//!
+//! ## TLS
+//! The crate builds lapin without a TLS backend. For `amqps://`, enable one of lapin's TLS
+//! features in your application (e.g. `lapin = { version = "4", features = ["rustls"] }`);
+//! Cargo unifies it into this crate's lapin.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+pub mod message;
+mod publisher;
+
+pub use config::{ConfigError, ExchangeType, MAX_SHORT_STRING, RabbitMqConfig, RabbitMqConfigBuilder, Routing};
+pub use publisher::RabbitMqPublisher;
+
+/// The lapin crate this adapter is built on, for consumers and tests that need its types.
+pub use lapin;

@@ -1,0 +1,342 @@
+//! [`RabbitMqPublisher`]: the [`Publisher`] port over one AMQP connection with publisher confirms.
+
+use std::fmt;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::FieldTable;
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
+use outbox_core::{Entry, Error, ErrorKind, Outcome, Publisher, Result};
+use tokio::sync::Mutex;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use crate::config::{ExchangeSetup, RabbitMqConfig};
+use crate::message::message;
+
+/// Publishes outbox entries to a RabbitMQ exchange, reporting an entry published only once the
+/// broker confirmed it (publisher confirms).
+///
+/// - One connection with one confirm-mode channel, opened lazily on the first batch and
+///   replaced on the next batch after it fails (broker restart, connection closed by an
+///   operator, channel closed by an error): the entries of the failed batch that were not
+///   confirmed are reported retryable.
+/// - A batch is pipelined: every message is written, then every confirm is awaited.
+/// - Batches are serialized on the channel (a mutex); run one publisher per relay for
+///   parallelism.
+///
+/// Needs a tokio runtime: the connection's tasks run on the runtime of the batch that opened it.
+pub struct RabbitMqPublisher {
+    config: RabbitMqConfig,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    link: Option<Link>,
+    /// A batch started on `link` and did not finish (its future was dropped): the channel may
+    /// still owe confirms for it, so it is replaced before the next batch.
+    in_flight: bool,
+}
+
+struct Link {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl Link {
+    fn is_usable(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected() && self.channel.status().confirm()
+    }
+}
+
+impl fmt::Debug for RabbitMqPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMqPublisher").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// What happened to one message of a batch while it is being published.
+enum Sent {
+    /// Mapped and written; awaiting its confirm.
+    Pending(PublisherConfirm),
+    /// Done, one way or the other.
+    Done(Outcome),
+}
+
+impl RabbitMqPublisher {
+    /// A publisher for `config`. It connects on the first batch; call [`connect`](Self::connect)
+    /// to fail fast at start-up instead.
+    pub fn new(config: RabbitMqConfig) -> Self {
+        RabbitMqPublisher { config, state: Mutex::new(State::default()) }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RabbitMqConfig {
+        &self.config
+    }
+
+    /// Connects now (if not connected), opens the confirm channel and checks or declares the
+    /// exchange. Errors are retryable [`ErrorKind::Unavailable`] (or [`ErrorKind::Config`] when
+    /// the broker refuses the exchange or the credentials), with the URL redacted.
+    pub async fn connect(&self) -> Result<()> {
+        let mut state = self.state.lock().await;
+        self.ensure_link(&mut state).await.map(drop)
+    }
+
+    /// Closes the connection, if open. The next batch reconnects.
+    pub async fn close(&self) {
+        let mut state = self.state.lock().await;
+        if let Some(link) = state.link.take() {
+            let _ = link.connection.close(200, "outbox publisher closed".into()).await;
+        }
+    }
+
+    async fn ensure_link<'s>(&self, state: &'s mut State) -> Result<&'s Link> {
+        let usable = !state.in_flight && state.link.as_ref().is_some_and(Link::is_usable);
+        if !usable {
+            // Dropping the old link closes it (lapin closes a connection when its last handle goes).
+            state.link = None;
+            state.in_flight = false;
+            let link = match timeout(self.config.connect_timeout, self.open()).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "connecting to RabbitMQ at {} took longer than {:?}; is the broker up and reachable?",
+                            self.config.redacted_url, self.config.connect_timeout
+                        ),
+                    ));
+                }
+            };
+            state.link = Some(link);
+        }
+        state.link.as_ref().ok_or_else(|| Error::new(ErrorKind::Unexpected, "no RabbitMQ connection after connecting"))
+    }
+
+    async fn open(&self) -> Result<Link> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "the RabbitMQ publisher needs a tokio runtime: call it from within one",
+            ));
+        }
+        let url = &self.config.redacted_url;
+        let mut properties = ConnectionProperties::default();
+        if let Some(name) = &self.config.connection_name {
+            properties = properties.with_connection_name(name.as_str().into());
+        }
+        let connection = Connection::connect(&self.config.url, properties)
+            .await
+            .map_err(|e| classify(e, &format!("connecting to RabbitMQ at {url} failed; is the broker running?")))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| classify(e, &format!("opening a channel on RabbitMQ at {url} failed")))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| classify(e, &format!("enabling publisher confirms on RabbitMQ at {url} failed")))?;
+        let exchange = &self.config.exchange;
+        if !exchange.is_empty() {
+            let (options, what) = match self.config.exchange_setup {
+                ExchangeSetup::Check => (
+                    ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() },
+                    "checking that exchange",
+                ),
+                ExchangeSetup::Declare(_) => (
+                    ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                    "declaring exchange",
+                ),
+            };
+            let kind = match self.config.exchange_setup {
+                ExchangeSetup::Declare(kind) => kind.to_lapin(),
+                ExchangeSetup::Check => lapin::ExchangeKind::Topic, // ignored by a passive declare
+            };
+            channel.exchange_declare(exchange.as_str().into(), kind, options, FieldTable::default()).await.map_err(
+                |e| {
+                    classify(
+                        e,
+                        &format!(
+                            "{what} `{exchange}` on RabbitMQ at {url} failed; create the exchange (or configure declare_exchange)"
+                        ),
+                    )
+                },
+            )?;
+        }
+        Ok(Link { connection, channel })
+    }
+
+    async fn publish_batch(&self, batch: &[Entry]) -> Result<Vec<Outcome>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut state = self.state.lock().await;
+        let link = self.ensure_link(&mut state).await?;
+        let channel = link.channel.clone();
+        state.in_flight = true;
+
+        let deadline = Instant::now() + self.config.confirm_timeout;
+        let options = BasicPublishOptions { mandatory: self.config.mandatory, immediate: false };
+        let exchange = lapin::types::ShortString::from(self.config.exchange.as_str());
+        let mut broken = false;
+        let mut sent: Vec<Sent> = Vec::with_capacity(batch.len());
+
+        // 1. Write every message (no round trip to the broker: each write only waits for lapin's
+        //    I/O thread to take the frames, which keeps them in order).
+        for entry in batch {
+            if broken {
+                sent.push(Sent::Done(Outcome::Failed(not_sent(entry))));
+                continue;
+            }
+            let msg = match message(entry, &self.config) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    sent.push(Sent::Done(Outcome::Failed(e)));
+                    continue;
+                }
+            };
+            let write = channel.basic_publish(
+                exchange.clone(),
+                msg.routing_key,
+                options,
+                entry.payload.as_bytes(),
+                msg.properties,
+            );
+            match timeout_at(deadline, write).await {
+                Ok(Ok(confirm)) => sent.push(Sent::Pending(confirm)),
+                Ok(Err(e)) => {
+                    broken = true;
+                    let e =
+                        classify(e, &format!("publishing entry {} to RabbitMQ failed; it will be retried", entry.id));
+                    sent.push(Sent::Done(Outcome::Failed(e)));
+                }
+                Err(_) => {
+                    broken = true;
+                    sent.push(Sent::Done(Outcome::Failed(self.timed_out(entry))));
+                }
+            }
+        }
+
+        // 2. Await every confirm, in order.
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (entry, sent) in batch.iter().zip(sent) {
+            let outcome = match sent {
+                Sent::Done(outcome) => outcome,
+                Sent::Pending(confirm) => match timeout_at(deadline, confirm).await {
+                    Ok(Ok(confirmation)) => self.confirmed(entry, confirmation),
+                    Ok(Err(e)) => {
+                        broken = true;
+                        Outcome::Failed(classify(
+                            e,
+                            &format!(
+                                "the RabbitMQ connection or channel failed before entry {} was confirmed; it will be retried (it may have reached the broker: consumers de-duplicate by message_id)",
+                                entry.id
+                            ),
+                        ))
+                    }
+                    Err(_) => {
+                        broken = true;
+                        Outcome::Failed(self.timed_out(entry))
+                    }
+                },
+            };
+            outcomes.push(outcome);
+        }
+
+        if broken {
+            // Replace the connection on the next batch (dropping it closes it).
+            state.link = None;
+        }
+        state.in_flight = false;
+        Ok(outcomes)
+    }
+
+    fn confirmed(&self, entry: &Entry, confirmation: Confirmation) -> Outcome {
+        let route = || {
+            let exchange = &self.config.exchange;
+            let key = self.config.routing.key_for(entry);
+            if exchange.is_empty() {
+                format!("the default exchange with routing key `{key}`")
+            } else {
+                format!("exchange `{exchange}` with routing key `{key}`")
+            }
+        };
+        match confirmation {
+            Confirmation::Ack(None) => Outcome::Published,
+            // A mandatory message no queue is bound for comes back (basic.return) and is then
+            // acked: it was NOT delivered anywhere.
+            Confirmation::Ack(Some(returned)) => Outcome::Failed(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "RabbitMQ returned entry {} as unroutable ({} {}): no queue is bound to {}; bind a queue for it or change the routing",
+                    entry.id,
+                    returned.reply_code,
+                    returned.reply_text,
+                    route()
+                ),
+            )),
+            Confirmation::Nack(_) => Outcome::Failed(
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "RabbitMQ nacked entry {} sent to {}: the broker could not take it; it will be retried",
+                        entry.id,
+                        route()
+                    ),
+                )
+                .with_retryable(true),
+            ),
+            Confirmation::NotRequested => Outcome::Failed(
+                Error::new(
+                    ErrorKind::Unexpected,
+                    format!(
+                        "entry {} was not confirmed: the channel is not in confirm mode; it will be retried",
+                        entry.id
+                    ),
+                )
+                .with_retryable(true),
+            ),
+        }
+    }
+
+    fn timed_out(&self, entry: &Entry) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "RabbitMQ did not confirm entry {} within {:?}; it will be retried (the broker may be blocked by a resource alarm)",
+                entry.id, self.config.confirm_timeout
+            ),
+        )
+    }
+}
+
+fn not_sent(entry: &Entry) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!(
+            "entry {} was not sent: the RabbitMQ connection failed earlier in its batch; it will be retried",
+            entry.id
+        ),
+    )
+}
+
+/// Maps a lapin error. Connection and channel failures are always retryable: they say nothing
+/// about the entry, and an entry must not die because the broker was down or misconfigured.
+fn classify(e: lapin::Error, context: &str) -> Error {
+    let kind = match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND | AMQPSoftError::ACCESSREFUSED) => ErrorKind::Config,
+            _ => ErrorKind::Unavailable,
+        },
+        lapin::ErrorKind::MissingHeartbeatError => ErrorKind::Timeout,
+        _ => ErrorKind::Unavailable,
+    };
+    Error::new(kind, context).with_retryable(true).with_source(e)
+}
+
+impl Publisher for RabbitMqPublisher {
+    async fn publish(&self, batch: &[Entry]) -> Result<Vec<Outcome>> {
+        self.publish_batch(batch).await
+    }
+}
