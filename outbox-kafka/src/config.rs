@@ -1,0 +1,256 @@
+//! The publisher's configuration: [`KafkaConfig`], [`Key`] and [`ConfigError`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use outbox_core::{Entry, Error, ErrorKind};
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+
+use crate::routing::Routing;
+
+/// The options [`KafkaConfig::new`] sets, in order; each can be overridden with
+/// [`KafkaConfig::set`].
+///
+/// - `enable.idempotence=true` and `acks=all`: the broker de-duplicates librdkafka's own retries
+///   and keeps the order of one partition even when retries happen (librdkafka then keeps
+///   `max.in.flight` at 5 or less itself).
+/// - `partitioner=murmur2_random`: a key goes to the same partition as with the Java client, so
+///   other producers of the same keys agree on partitions.
+/// - `message.timeout.ms=30000`: a message not acknowledged within 30 s fails (retryable), in
+///   line with the relay's default 30 s lease, instead of librdkafka's 300 s.
+pub const DEFAULT_OPTIONS: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("partitioner", "murmur2_random"),
+    ("message.timeout.ms", "30000"),
+];
+
+/// A user function computing an entry's message key (see [`Key::Custom`]).
+pub type KeyFn = dyn Fn(&Entry) -> Vec<u8> + Send + Sync;
+
+/// What the Kafka message key is. The key picks the partition, and order holds only within a
+/// partition: keep all entries of one aggregate on one key.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum Key {
+    /// The aggregate id (the default): `o-42`.
+    #[default]
+    AggregateId,
+    /// The aggregate type and id joined by `/`: `order/o-42`, for topics shared by several
+    /// aggregate types whose ids may collide.
+    AggregateTypeAndId,
+    /// A user function. It must give the same key to all entries of one aggregate, or their
+    /// order is lost.
+    Custom(Arc<KeyFn>),
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::AggregateId => f.write_str("AggregateId"),
+            Key::AggregateTypeAndId => f.write_str("AggregateTypeAndId"),
+            Key::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// A configuration that cannot work, found before anything is sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A topic name breaks Kafka's rules.
+    #[error("invalid Kafka topic name {name:?}: {reason}")]
+    InvalidTopic {
+        /// The name.
+        name: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A topic prefix cannot lead to valid names.
+    #[error("invalid Kafka topic prefix {prefix:?}: {reason}")]
+    InvalidTopicPrefix {
+        /// The prefix.
+        prefix: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// `bootstrap.servers` is empty.
+    #[error("no Kafka brokers configured: give `host:port[,host:port...]` to KafkaConfig::new")]
+    NoBrokers,
+    /// librdkafka refused an option (unknown name, bad value, or a combination it forbids, such
+    /// as `acks=1` with `enable.idempotence=true`).
+    #[error("librdkafka refused the producer configuration: {0}; see librdkafka's CONFIGURATION.md")]
+    Rejected(String),
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::new(ErrorKind::Config, e.to_string())
+    }
+}
+
+/// Whether an option's value is a secret that must never be shown.
+pub(crate) fn is_secret(option: &str) -> bool {
+    let option = option.to_ascii_lowercase();
+    ["password", "secret", "jaas", "token", "credential"].iter().any(|word| option.contains(word))
+        || option == "ssl.key.pem"
+        || option == "ssl_key"
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// How to reach Kafka and how to turn entries into messages.
+///
+/// Any librdkafka producer option can be set with [`KafkaConfig::set`] (SASL, TLS, compression,
+/// `linger.ms`, ...); see librdkafka's `CONFIGURATION.md`. TLS needs this crate's `ssl`
+/// feature, gzip and zstd compression its `gzip` and `zstd` features (lz4 and snappy are always
+/// built in). `Debug` shows secret values (`sasl.password`, `ssl.key.password`, ...) as
+/// `<redacted>`.
+///
+/// ```
+/// use outbox_kafka::{KafkaConfig, Key, Routing};
+/// let config = KafkaConfig::new("broker-1:9092,broker-2:9092", Routing::by_event_type().prefixed("prod.")?)
+///     .key(Key::AggregateTypeAndId)
+///     .set("compression.type", "lz4")
+///     .set("linger.ms", "10")
+///     .set("security.protocol", "sasl_plaintext")
+///     .set("sasl.mechanism", "PLAIN")
+///     .set("sasl.username", "relay")
+///     .set("sasl.password", "s3cr3t");
+/// assert!(!format!("{config:?}").contains("s3cr3t"));
+/// # Ok::<(), outbox_kafka::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct KafkaConfig {
+    pub(crate) options: BTreeMap<String, String>,
+    pub(crate) routing: Routing,
+    pub(crate) key: Key,
+}
+
+impl KafkaConfig {
+    /// Publishes to the brokers `bootstrap_servers` (`host:port[,host:port...]`) along
+    /// `routing`, with the [`DEFAULT_OPTIONS`] and [`Key::AggregateId`].
+    pub fn new(bootstrap_servers: impl Into<String>, routing: Routing) -> Self {
+        let mut options: BTreeMap<String, String> =
+            DEFAULT_OPTIONS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        options.insert("bootstrap.servers".to_string(), bootstrap_servers.into());
+        KafkaConfig { options, routing, key: Key::default() }
+    }
+
+    /// Sets a librdkafka option, replacing an earlier value (including a default).
+    /// librdkafka checks names and values when the publisher is built.
+    pub fn set(mut self, option: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.insert(option.into(), value.into());
+        self
+    }
+
+    /// The value of a librdkafka option, if set here.
+    pub fn get(&self, option: &str) -> Option<&str> {
+        self.options.get(option).map(String::as_str)
+    }
+
+    /// Sets what the message key is (default [`Key::AggregateId`]).
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Replaces the routing.
+    pub fn routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// The librdkafka configuration these options make.
+    pub(crate) fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        if self.get("bootstrap.servers").is_none_or(|s| s.trim().is_empty()) {
+            return Err(ConfigError::NoBrokers);
+        }
+        let mut config = ClientConfig::new();
+        for (k, v) in &self.options {
+            config.set(k, v);
+        }
+        Ok(config)
+    }
+}
+
+/// Describes a librdkafka error from creating a client without revealing secret values.
+pub(crate) fn describe_client_error(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, _, option, _) if is_secret(option) => {
+            // librdkafka's description may quote the value: leave it out.
+            format!("option `{option}` has an invalid value")
+        }
+        KafkaError::ClientConfig(_, description, option, _) => format!("option `{option}`: {description}"),
+        other => other.to_string(),
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options: BTreeMap<&str, &str> =
+            self.options.iter().map(|(k, v)| (k.as_str(), if is_secret(k) { REDACTED } else { v.as_str() })).collect();
+        f.debug_struct("KafkaConfig")
+            .field("options", &options)
+            .field("routing", &self.routing)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_make_an_idempotent_producer_and_options_override() {
+        let c = KafkaConfig::new("k:9092", Routing::by_event_type());
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("bootstrap.servers"), Some("k:9092"));
+        let c = c.set("linger.ms", "20").set("message.timeout.ms", "5000");
+        assert_eq!(c.get("linger.ms"), Some("20"));
+        assert_eq!(c.get("message.timeout.ms"), Some("5000"));
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let c = KafkaConfig::new("k:9092", Routing::by_event_type())
+            .set("sasl.username", "relay")
+            .set("sasl.password", "pw-1")
+            .set("ssl.key.password", "pw-2")
+            .set("ssl.keystore.password", "pw-3")
+            .set("ssl.truststore.password", "pw-4")
+            .set("sasl.oauthbearer.client.secret", "pw-5")
+            .set("sasl.oauthbearer.config", "principal=x")
+            .set("ssl.key.pem", "pw-6")
+            .set("sasl.jaas.config", "pw-7");
+        let shown = format!("{c:?}");
+        for secret in ["pw-1", "pw-2", "pw-3", "pw-4", "pw-5", "pw-6", "pw-7"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(shown.contains("relay"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn an_empty_broker_list_is_refused() {
+        let c = KafkaConfig::new(" ", Routing::by_event_type());
+        assert!(matches!(c.client_config(), Err(ConfigError::NoBrokers)));
+    }
+
+    #[test]
+    fn client_errors_never_show_secret_values() {
+        let e = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"hunter2\"".to_string(),
+            "sasl.password".to_string(),
+            "hunter2".to_string(),
+        );
+        let shown = describe_client_error(&e);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+    }
+}

@@ -1,0 +1,95 @@
+//! # outbox-kafka
+//!
+//! Publishes outbox entries to Kafka: the [`Publisher`](outbox_core::Publisher) port of the
+//! **outbox** framework on an [rdkafka](https://docs.rs/rdkafka) `FutureProducer`.
+//!
+//! - **Durable before published.** The producer is idempotent with `acks=all` by default; an
+//!   entry is reported published only when its delivery report says the broker has it.
+//! - **Order per aggregate.** The message key is the aggregate id by default ([`Key`]), so an
+//!   aggregate stays in one partition; the idempotent producer keeps that partition's order
+//!   even when librdkafka retries internally.
+//! - **Routing** ([`Routing`]): one topic, by event type, by aggregate type (with an optional
+//!   prefix), or a function; names are validated against Kafka's rules.
+//! - **Metadata headers** ([`headers`]): `outbox-id`, `outbox-event-type`,
+//!   `outbox-aggregate-type`, `outbox-aggregate-id`, `outbox-sequence`, `content-type`, then
+//!   the entry's own headers (`traceparent` included).
+//! - **One honest outcome per entry**: a batch is enqueued as a whole, then every delivery
+//!   report is awaited and classified, retryable or permanent (table below). A bad entry (too
+//!   large, invalid topic name) fails alone.
+//! - **Any librdkafka option** passes through [`KafkaConfig::set`] (SASL, TLS, compression,
+//!   `linger.ms`, ...); `Debug` redacts secrets.
+//!
+//! ## Example
+//! ```no_run
+//! use outbox_core::{MemoryStore, Relay, RelayConfig};
+//! use outbox_kafka::{KafkaConfig, KafkaPublisher, Routing};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = KafkaConfig::new("127.0.0.1:9092", Routing::by_event_type().prefixed("shop.")?)
+//!     .set("compression.type", "lz4")
+//!     .set("linger.ms", "10");
+//! let publisher = KafkaPublisher::new(config)?;
+//!
+//! let store = MemoryStore::new(); // in production: an SQL store from outbox-sqlx & co.
+//! let relay = Relay::new(store, publisher.clone(), RelayConfig::default())?;
+//! relay.run_once().await?;
+//! publisher.flush(std::time::Duration::from_secs(5))?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Errors
+//! Configuration mistakes are a [`ConfigError`] when the config or publisher is built (invalid
+//! topic name or prefix, an option librdkafka refuses, no brokers). At publish time each
+//! entry's failure is an [`outbox_core::Error`]:
+//!
+//! | librdkafka / broker error | kind | verdict |
+//! |---|---|---|
+//! | message too large (`MSG_SIZE_TOO_LARGE` from `message.max.bytes` or the broker, `INVALID_MSG_SIZE`, `MESSAGE_BATCH_TOO_LARGE`) | `TooLarge` | permanent |
+//! | a routed topic name that breaks Kafka's rules (checked before sending) | `Rejected` | permanent |
+//! | `INVALID_TOPIC_EXCEPTION`, `TOPIC_AUTHORIZATION_FAILED`, `CLUSTER_AUTHORIZATION_FAILED`, `INVALID_RECORD`, `INVALID_TIMESTAMP`, `POLICY_VIOLATION`, `UNSUPPORTED_COMPRESSION_TYPE`, local invalid argument | `Rejected` | permanent |
+//! | missing topic (`UNKNOWN_TOPIC_OR_PART`, local `_UNKNOWN_TOPIC`) | `Rejected` | retryable, bounded by the relay's retry policy |
+//! | `_MSG_TIMED_OUT`, `REQUEST_TIMED_OUT`, `_TIMED_OUT_QUEUE` | `Timeout` | retryable |
+//! | `_QUEUE_FULL` (after waiting up to [`QUEUE_FULL_WAIT`] for room), `THROTTLING_QUOTA_EXCEEDED` | `Throttled` | retryable |
+//! | transport, all brokers down, resolve, broker / leader / replica not available, not leader, network exception, not enough replicas, storage error, TLS, authentication | `Unavailable` | retryable |
+//! | an earlier entry of the same aggregate in the batch could not be sent | `Conflict` | retryable |
+//! | `_FATAL` (a new producer is made for the next batch), anything else | `Unexpected` | retryable |
+//!
+//! When librdkafka's queue is full, a send waits for the batch's oldest delivery report (or
+//! sleeps briefly when another batch filled the queue) and tries again, for up to
+//! [`QUEUE_FULL_WAIT`]; only then does it fail.
+//!
+//! ## Build
+//! rdkafka's bundled librdkafka (2.12) is compiled with its own `configure` and `make` (no
+//! cmake) and linked statically; Debian 12's `librdkafka-dev` (2.0) is too old for rdkafka's
+//! dynamic linking. lz4 and snappy compression are built in. Features:
+//! - `ssl`: TLS and SASL SCRAM, with OpenSSL compiled from source (needs `perl` and `make`);
+//! - `gzip`: gzip compression, zlib compiled from source;
+//! - `zstd`: zstd compression, zstd compiled from source.
+//!
+//! SASL `PLAIN` and `OAUTHBEARER` work without features. GSSAPI (Kerberos) is not offered: it
+//! needs the system's Cyrus SASL library.
+//!
+//! ## Decisions
+//! - The message timestamp is left to the producer (the send time), not the entry's
+//!   `created_at`: an old entry would otherwise fall out of a time-based retention at once.
+//! - `partitioner=murmur2_random`, like the Java client, so other producers of the same keys
+//!   pick the same partitions.
+//! - Delivery is at least once: a publish the relay abandons (its timeout) may still reach the
+//!   broker, and a delivery failure after an entry was enqueued may let a later entry of its
+//!   aggregate through first; consumers de-duplicate by `outbox-id` and can check
+//!   `outbox-sequence`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod classify;
+mod config;
+pub mod headers;
+mod publisher;
+mod routing;
+
+pub use config::{ConfigError, DEFAULT_OPTIONS, KafkaConfig, Key, KeyFn};
+pub use publisher::{KafkaPublisher, QUEUE_FULL_WAIT};
+pub use routing::{MAX_TOPIC_LEN, Routing, TopicFn, validate_topic};
+
+/// The rdkafka crate this adapter is built on, for consumers and admin clients of the same version.
+pub use rdkafka;

@@ -1,0 +1,239 @@
+//! [`KafkaPublisher`]: the [`Publisher`] port on an rdkafka `FutureProducer`.
+
+use std::borrow::Cow;
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use outbox_core::{Entry, Error, ErrorKind, Outcome, Publisher, Result};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::classify::delivery_error;
+use crate::config::{ConfigError, KafkaConfig, Key, describe_client_error};
+use crate::headers;
+
+/// How long one send may wait for room in librdkafka's queue before it fails (retryable).
+pub const QUEUE_FULL_WAIT: Duration = Duration::from_secs(10);
+
+/// How long to sleep when the queue is full and this batch has nothing in flight to wait for
+/// (another batch filled the queue).
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// Publishes outbox entries to Kafka.
+///
+/// A batch is sent by enqueuing every message into librdkafka (which pipelines them to the
+/// brokers), then awaiting every delivery report; each report becomes the entry's
+/// [`Outcome`]: `Published` only once the broker acknowledged the message with the configured
+/// `acks` (`all` by default). Errors map to kinds and verdicts as the crate docs' table says.
+///
+/// Order: entries of one aggregate share a key, so a partition; librdkafka keeps the order of
+/// a partition, and the idempotent producer (on by default) keeps it through its internal
+/// retries. When an entry cannot even be enqueued (invalid topic name, too large, queue full
+/// for too long), the later entries of its aggregate in the batch are not sent either and are
+/// reported as retryable failures, so the broker never sees them ahead of it.
+///
+/// Cloning is cheap and shares the producer.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: KafkaConfig,
+    producer: RwLock<Arc<FutureProducer>>,
+}
+
+impl KafkaPublisher {
+    /// Creates the producer. librdkafka checks every option now; no connection is made until
+    /// the first publish.
+    pub fn new(config: KafkaConfig) -> Result<Self, ConfigError> {
+        let producer = create_producer(&config)?;
+        Ok(KafkaPublisher { inner: Arc::new(Inner { config, producer: RwLock::new(Arc::new(producer)) }) })
+    }
+
+    /// The configuration it was made with.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.inner.config
+    }
+
+    /// The rdkafka producer in use (for metrics, `flush` at shutdown, or other sends).
+    pub fn producer(&self) -> Arc<FutureProducer> {
+        match self.inner.producer.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Waits until every message handed to librdkafka is delivered or failed, for at most
+    /// `timeout`. Call it at shutdown.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        self.producer().flush(Timeout::After(timeout)).map_err(|e| {
+            Error::new(ErrorKind::Timeout, format!("flushing the Kafka producer did not finish in {timeout:?}"))
+                .with_source(e)
+        })
+    }
+
+    /// Replaces a producer that hit a fatal error (the idempotent producer cannot continue
+    /// after one), unless another batch already did.
+    fn replace_fatal_producer(&self, failed: &Arc<FutureProducer>) {
+        let Ok(fresh) = create_producer(&self.inner.config) else {
+            // The configuration was accepted before; if librdkafka refuses it now, keep the old
+            // producer: its sends fail retryably and the next batch tries again.
+            return;
+        };
+        let mut current = match self.inner.producer.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if Arc::ptr_eq(&current, failed) {
+            *current = Arc::new(fresh);
+        }
+    }
+
+    async fn publish_batch(&self, batch: &[Entry]) -> Vec<Outcome> {
+        let producer = self.producer();
+        let config = &self.inner.config;
+        let mut outcomes: Vec<Option<Outcome>> = std::iter::repeat_with(|| None).take(batch.len()).collect();
+        let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::with_capacity(batch.len());
+        // Aggregates with an entry that could not be enqueued: their later entries stay back.
+        let mut held: HashSet<(&str, &str)> = HashSet::new();
+        let mut fatal = false;
+
+        for (index, entry) in batch.iter().enumerate() {
+            let aggregate = (entry.aggregate_type.as_str(), entry.aggregate_id.as_str());
+            if !held.is_empty() && held.contains(&aggregate) {
+                outcomes[index] = Some(Outcome::Failed(held_back(entry)));
+                continue;
+            }
+            let topic = match config.routing.topic_for(entry) {
+                Ok(topic) => topic,
+                Err(e) => {
+                    held.insert(aggregate);
+                    outcomes[index] = Some(Outcome::Failed(e));
+                    continue;
+                }
+            };
+            let key = message_key(&config.key, entry);
+            let mut record = FutureRecord::to(&topic)
+                .key(key.as_ref())
+                .payload(entry.payload.as_bytes())
+                .headers(headers::for_entry(entry));
+            let mut waited_since: Option<Instant> = None;
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        in_flight.push_back(InFlight { index, topic, delivery });
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                        if waited_since.is_none_or(|since| since.elapsed() < QUEUE_FULL_WAIT) =>
+                    {
+                        record = returned;
+                        waited_since.get_or_insert_with(Instant::now);
+                        // Make room by waiting for our oldest message (its report is needed
+                        // anyway); with none in flight, another batch filled the queue: back off.
+                        match in_flight.pop_front() {
+                            Some(oldest) => {
+                                let (i, outcome, was_fatal) = oldest.finish().await;
+                                fatal |= was_fatal;
+                                outcomes[i] = Some(outcome);
+                            }
+                            None => tokio::time::sleep(QUEUE_FULL_BACKOFF).await,
+                        }
+                    }
+                    Err((e, _)) => {
+                        held.insert(aggregate);
+                        fatal |= is_fatal(&e);
+                        outcomes[index] = Some(Outcome::Failed(delivery_error(&e, &topic, None)));
+                        break;
+                    }
+                }
+            }
+        }
+        while let Some(sent) = in_flight.pop_front() {
+            let (i, outcome, was_fatal) = sent.finish().await;
+            fatal |= was_fatal;
+            outcomes[i] = Some(outcome);
+        }
+        if fatal {
+            self.replace_fatal_producer(&producer);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Outcome::Failed(Error::new(ErrorKind::Unexpected, "no delivery report was recorded for this entry"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// A message handed to librdkafka, waiting for its delivery report.
+struct InFlight<'a> {
+    index: usize,
+    topic: Cow<'a, str>,
+    delivery: DeliveryFuture,
+}
+
+impl InFlight<'_> {
+    /// The entry's index, its outcome, and whether the producer hit a fatal error.
+    async fn finish(self) -> (usize, Outcome, bool) {
+        match self.delivery.await {
+            Ok(Ok(_delivery)) => (self.index, Outcome::Published, false),
+            Ok(Err((e, _message))) => {
+                let fatal = is_fatal(&e);
+                (self.index, Outcome::Failed(delivery_error(&e, &self.topic, None)), fatal)
+            }
+            Err(_canceled) => (
+                self.index,
+                Outcome::Failed(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("the Kafka producer shut down before reporting the delivery to `{}`", self.topic),
+                )),
+                false,
+            ),
+        }
+    }
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+}
+
+fn held_back(entry: &Entry) -> Error {
+    Error::new(
+        ErrorKind::Conflict,
+        format!(
+            "not sent: an earlier entry of aggregate {}/{} in this batch failed, and this one must follow it",
+            entry.aggregate_type, entry.aggregate_id
+        ),
+    )
+}
+
+fn message_key<'a>(key: &Key, entry: &'a Entry) -> Cow<'a, [u8]> {
+    match key {
+        Key::AggregateId => Cow::Borrowed(entry.aggregate_id.as_bytes()),
+        Key::AggregateTypeAndId => Cow::Owned(format!("{}/{}", entry.aggregate_type, entry.aggregate_id).into_bytes()),
+        Key::Custom(f) => Cow::Owned(f(entry)),
+    }
+}
+
+fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, ConfigError> {
+    config.client_config()?.create().map_err(|e| ConfigError::Rejected(describe_client_error(&e)))
+}
+
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, batch: &[Entry]) -> Result<Vec<Outcome>> {
+        Ok(self.publish_batch(batch).await)
+    }
+}
+
+impl fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaPublisher").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
