@@ -39,6 +39,8 @@ const USAGE: &str = "usage: cargo xtask <ci | test | services up|status | bench 
 /// Everything CI checks, in the order that fails fastest.
 fn ci() -> Result<(), String> {
     cmd::cargo(&["fmt", "--all", "--check"])?;
+    // Build prerequisites and servers first: clippy already builds everything.
+    services::up()?;
     cmd::cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
     test()?;
     cmd::cargo_env(&["doc", "--workspace", "--no-deps", "--all-features"], &[("RUSTDOCFLAGS", "-D warnings")])?;

@@ -31,9 +31,32 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// Installs what is missing and starts what is stopped; does nothing when all run.
+/// Debian packages the workspace needs to *build* (C client libraries of -sys crates).
+/// libpq-dev: diesel's sync PostgreSQL connection; libmariadb-dev: diesel's sync MySQL connection.
+const BUILD_PACKAGES: &[&str] = &["pkg-config", "libpq-dev", "libmariadb-dev"];
+
+/// Installs the build prerequisites that are missing (a no-op when all are there).
+fn build_deps() -> Result<(), String> {
+    let missing: Vec<&str> = BUILD_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| {
+            let installed = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", package])
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+                .unwrap_or(false);
+            !installed
+        })
+        .collect();
+    if missing.is_empty() { Ok(()) } else { apt_install(&missing) }
+}
+
+/// Installs what is missing (build prerequisites included) and starts what is stopped; does
+/// nothing when all run.
 pub(crate) fn up() -> Result<(), String> {
     let begin = Instant::now();
+    build_deps()?;
     let paths = Paths::new();
     let mut errors = Vec::new();
     let mut down = Vec::new();
