@@ -304,3 +304,73 @@ async fn an_unreachable_broker_is_retryable_and_the_password_stays_secret() {
     assert!(shown.contains("guest:***@127.0.0.1:1"), "{shown}");
     assert!(publisher.publish(&[]).await.unwrap().is_empty(), "an empty batch needs no broker");
 }
+
+/// A queue that refuses messages when full (`x-overflow: reject-publish`) makes the broker nack
+/// them: those entries fail retryably, the ones before them are published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_entry_is_retryable() {
+    use outbox_rabbitmq::lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+    use outbox_rabbitmq::lapin::types::{FieldTable, LongString};
+
+    let connection = common::connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let exchange = unique("outbox-test-nack");
+    let queue = unique("outbox-test-nack-q");
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            outbox_rabbitmq::lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions { auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(2));
+    args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from("reject-publish")));
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            args,
+        )
+        .await
+        .unwrap();
+    common::bind(&channel, &queue, &exchange, "#").await;
+
+    let publisher =
+        RabbitMqPublisher::new(RabbitMqConfig::builder(common::amqp_url(), exchange.as_str()).build().unwrap());
+    let batch: Vec<Entry> = (0..5).map(|i| entry("a", "order.placed", i + 1)).collect();
+    let outcomes = publisher.publish(&batch).await.unwrap();
+
+    assert!(outcomes[0].is_published() && outcomes[1].is_published(), "{outcomes:?}");
+    for outcome in &outcomes[2..] {
+        let Outcome::Failed(error) = outcome else { panic!("a nacked entry was reported published: {outcomes:?}") };
+        assert!(error.is_retryable(), "{error}");
+        assert!(error.message().contains("nacked"), "{error}");
+        assert!(error.message().contains(&exchange), "{error}");
+    }
+}
+
+/// End to end: a relay over the in-memory store publishes through RabbitMQ; the unroutable
+/// entry is dead at once (permanent), the others are published and arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_publishes_through_rabbitmq() {
+    use outbox_core::{MemoryStore, Relay, RelayConfig};
+
+    let broker = TestBroker::new(&["order.#"]).await;
+    let store = MemoryStore::new();
+    let mut tx = store.begin();
+    for i in 0..10 {
+        tx.enqueue(NewEntry::builder("order", format!("o-{i}"), "order.placed").json("{}").build().unwrap());
+    }
+    tx.enqueue(NewEntry::builder("invoice", "i-1", "invoice.sent").json("{}").build().unwrap());
+    tx.commit().unwrap();
+
+    let publisher = RabbitMqPublisher::new(broker.config().build().unwrap());
+    let relay = Relay::new(store, publisher, RelayConfig::default()).unwrap();
+    let report = relay.run_once().await.unwrap();
+
+    assert_eq!((report.claimed, report.published, report.dead), (11, 10, 1), "{report:?}");
+    assert_eq!(broker.inbox.deliveries(10, WAIT).await.len(), 10);
+}
