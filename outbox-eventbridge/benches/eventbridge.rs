@@ -7,6 +7,9 @@
 //! (default 10,000 rather than the 100,000 of the other brokers: moto handles ~2.4k events/s, so
 //! the figure is the emulator's, and the ratio is what this bench is for).
 
+// A benchmark binary: a failed step should stop it with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -78,7 +81,8 @@ fn rate(n: usize, d: Duration) -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::var("OUTBOX_BENCH_EVENTBRIDGE_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: usize =
+        std::env::var("OUTBOX_BENCH_EVENTBRIDGE_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let url = std::env::var("OUTBOX_TEST_EVENTBRIDGE_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into());
     let authority = url.split("://").nth(1).unwrap_or(&url).split('/').next().unwrap_or_default().to_string();
     let up = authority

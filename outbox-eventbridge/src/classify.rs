@@ -147,7 +147,10 @@ pub fn service_failure(code: Option<&str>, status: u16, detail: &str) -> Error {
     };
     Error::new(
         kind,
-        format!("EventBridge refused the PutEvents request (HTTP {status}, {}): {detail}; {advice}", code.unwrap_or("no code")),
+        format!(
+            "EventBridge refused the PutEvents request (HTTP {status}, {}): {detail}; {advice}",
+            code.unwrap_or("no code")
+        ),
     )
     .with_retryable(retryable)
 }

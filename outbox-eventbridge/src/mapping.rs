@@ -85,8 +85,8 @@ fn detail(entry: &Entry, format: DetailFormat) -> Result<String, Error> {
             ),
         )
     };
-    let text = std::str::from_utf8(entry.payload.as_bytes())
-        .map_err(|e| not_json(format!("it is not UTF-8 text ({e})")))?;
+    let text =
+        std::str::from_utf8(entry.payload.as_bytes()).map_err(|e| not_json(format!("it is not UTF-8 text ({e})")))?;
     serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| not_json(format!("it is not valid JSON ({e})")))?;
     match format {
         DetailFormat::Payload => {
@@ -134,7 +134,8 @@ fn trace_header(entry: &Entry, mode: TraceHeader) -> Option<String> {
 pub(crate) fn xray_from_traceparent(traceparent: &str) -> Option<String> {
     let mut parts = traceparent.trim().split('-');
     let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let ok = hex(version, 2)
         && version != "ff"
         && hex(trace, 32)
@@ -187,7 +188,10 @@ mod tests {
         assert_eq!(r.event_bus_name(), Some("orders"));
         assert_eq!(r.resources(), ["arn:aws:example:::order/o-1"]);
         assert_eq!(r.time(), Some(&DateTime::from_secs_and_nanos(1_700_000_000, 123_456_000)));
-        assert_eq!(r.trace_header(), Some("Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent=00f067aa0ba902b7;Sampled=1"));
+        assert_eq!(
+            r.trace_header(),
+            Some("Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent=00f067aa0ba902b7;Sampled=1")
+        );
         let expected = 14 + "com.example.orders".len() + "order.placed".len() + 12 + 27 + "orders".len();
         assert_eq!(p.size, expected);
     }
@@ -289,8 +293,12 @@ mod tests {
             .build()
             .unwrap();
         let p = prepare(&Entry::from_new(new, 1, Timestamp::from_millis(0)), &config()).unwrap();
-        assert_eq!(p.request.trace_header(), Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"));
-        let bare = Entry::from_new(NewEntry::builder("o", "1", "e").json("{}").build().unwrap(), 1, Timestamp::from_millis(0));
+        assert_eq!(
+            p.request.trace_header(),
+            Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
+        );
+        let bare =
+            Entry::from_new(NewEntry::builder("o", "1", "e").json("{}").build().unwrap(), 1, Timestamp::from_millis(0));
         assert_eq!(prepare(&bare, &config()).unwrap().request.trace_header(), None);
     }
 }

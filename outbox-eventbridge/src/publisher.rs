@@ -184,7 +184,10 @@ fn key(entry: &Entry) -> (&str, &str) {
 fn not_sent(cause: &Error) -> Outcome {
     retryable(
         cause.kind(),
-        &format!("not sent: an earlier PutEvents request of this batch failed ({}); it will be retried", cause.message()),
+        &format!(
+            "not sent: an earlier PutEvents request of this batch failed ({}); it will be retried",
+            cause.message()
+        ),
     )
 }
 

@@ -2,6 +2,9 @@
 //! `OUTBOX_TEST_EVENTBRIDGE_ENDPOINT`, default http://127.0.0.1:4566; `cargo xtask services up`).
 //! Each test makes its own bus, rule and SQS queue and reads its events back from the queue.
 
+// Helpers of the tests stop the test with a message when something is missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -218,7 +221,12 @@ async fn a_relay_publishes_through_eventbridge_and_dead_letters_bad_json() {
     let relay = Relay::new(store.clone(), publisher, RelayConfig::default()).unwrap();
     let mut tx = store.begin();
     for i in 0..12 {
-        tx.enqueue(NewEntry::builder("order", format!("o-{i}"), "order.placed").json(json!({ "n": i }).to_string()).build().unwrap());
+        tx.enqueue(
+            NewEntry::builder("order", format!("o-{i}"), "order.placed")
+                .json(json!({ "n": i }).to_string())
+                .build()
+                .unwrap(),
+        );
     }
     tx.enqueue(NewEntry::builder("order", "bad", "order.placed").payload("<xml/>", "application/xml").build().unwrap());
     tx.commit().unwrap();

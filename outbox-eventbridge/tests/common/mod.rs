@@ -2,6 +2,8 @@
 //! rule sending the test's events to a fresh SQS queue, and a reader of that queue.
 
 #![allow(dead_code, unreachable_pub)]
+// Test fixtures: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
