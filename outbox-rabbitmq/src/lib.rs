@@ -48,6 +48,11 @@
 //! | no confirm within `confirm_timeout` | failed, [`Timeout`](outbox_core::ErrorKind::Timeout), retryable; the connection is replaced |
 //! | cannot connect, exchange missing, access refused | the whole batch fails (`Err`), retryable: entries wait for the broker or the operator instead of dying |
 //!
+//! Returned messages are matched to entries by `message_id` (the entry id), not by the confirm
+//! lapin attaches them to: lapin 4 hands a returned message to the next confirm it completes,
+//! which, when the broker acks several messages at once, can be another entry's (the
+//! `interleaved_unroutable_entries_are_attributed_exactly` test shows it with a durable queue).
+//!
 //! Delivery is at least once: an entry whose confirm was lost may have reached its queue, and
 //! will be sent again; consumers de-duplicate by `message_id`.
 //!

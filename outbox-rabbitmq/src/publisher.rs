@@ -1,12 +1,14 @@
 //! [`RabbitMqPublisher`]: the [`Publisher`] port over one AMQP connection with publisher confirms.
 
+use std::collections::HashMap;
 use std::fmt;
 
+use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
-use outbox_core::{Entry, Error, ErrorKind, Outcome, Publisher, Result};
+use outbox_core::{Entry, EntryId, Error, ErrorKind, Outcome, Publisher, Result};
 use tokio::sync::Mutex;
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -53,6 +55,22 @@ impl fmt::Debug for RabbitMqPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitMqPublisher").field("config", &self.config).finish_non_exhaustive()
     }
+}
+
+/// What the broker said about one message.
+enum Confirmed {
+    /// Its confirm, less any returned message it carried (kept aside, see `publish_batch`).
+    Broker(Verdict),
+    /// Failed before or while waiting for the confirm.
+    Done(Outcome),
+}
+
+/// A confirm's verdict.
+#[derive(Clone, Copy)]
+enum Verdict {
+    Ack,
+    Nack,
+    NotRequested,
 }
 
 /// What happened to one message of a batch while it is being published.
@@ -219,29 +237,77 @@ impl RabbitMqPublisher {
         }
 
         // 2. Await every confirm, in order.
-        let mut outcomes = Vec::with_capacity(batch.len());
+        //    lapin hands each returned message to the next confirm it completes, which is not
+        //    necessarily the returned message's own (with an ack covering several messages it is
+        //    the lowest pending one), so returns are set aside here and matched to entries by
+        //    message_id, which is the entry id.
+        let mut returned: HashMap<EntryId, BasicReturnMessage> = HashMap::new();
+        let mut unmatched = 0usize;
+        let mut confirmations: Vec<Confirmed> = Vec::with_capacity(batch.len());
         for (entry, sent) in batch.iter().zip(sent) {
-            let outcome = match sent {
-                Sent::Done(outcome) => outcome,
+            let confirmed = match sent {
+                Sent::Done(outcome) => Confirmed::Done(outcome),
                 Sent::Pending(confirm) => match timeout_at(deadline, confirm).await {
-                    Ok(Ok(confirmation)) => self.confirmed(entry, confirmation),
+                    Ok(Ok(confirmation)) => {
+                        let (verdict, message) = match confirmation {
+                            Confirmation::Ack(message) => (Verdict::Ack, message),
+                            Confirmation::Nack(message) => (Verdict::Nack, message),
+                            Confirmation::NotRequested => (Verdict::NotRequested, None),
+                        };
+                        if let Some(message) = message {
+                            match message.delivery.properties.message_id().as_ref().map(|id| id.as_str().parse()) {
+                                Some(Ok(id)) => {
+                                    returned.insert(id, message);
+                                }
+                                _ => unmatched += 1,
+                            }
+                        }
+                        Confirmed::Broker(verdict)
+                    }
                     Ok(Err(e)) => {
                         broken = true;
-                        Outcome::Failed(classify(
+                        Confirmed::Done(Outcome::Failed(classify(
                             e,
                             &format!(
                                 "the RabbitMQ connection or channel failed before entry {} was confirmed; it will be retried (it may have reached the broker: consumers de-duplicate by message_id)",
                                 entry.id
                             ),
-                        ))
+                        )))
                     }
                     Err(_) => {
                         broken = true;
-                        Outcome::Failed(self.timed_out(entry))
+                        Confirmed::Done(Outcome::Failed(self.timed_out(entry)))
                     }
                 },
             };
-            outcomes.push(outcome);
+            confirmations.push(confirmed);
+        }
+
+        // 3. The outcomes: an entry whose message came back is unroutable, whatever its confirm.
+        let mut outcomes: Vec<Outcome> = batch
+            .iter()
+            .zip(confirmations)
+            .map(|(entry, confirmed)| match confirmed {
+                Confirmed::Done(outcome) => outcome,
+                Confirmed::Broker(verdict) => match returned.remove(&entry.id) {
+                    Some(message) => Outcome::Failed(unroutable(entry, &message)),
+                    None => self.confirmed(entry, verdict),
+                },
+            })
+            .collect();
+        // A returned message without an entry id: it could be any entry of the batch, so none is
+        // trusted to be delivered (never seen in practice: every message carries its entry id).
+        // Returns with an id outside the batch belong to no entry here and change nothing.
+        if unmatched > 0 {
+            for outcome in outcomes.iter_mut().filter(|o| o.is_published()) {
+                *outcome = Outcome::Failed(
+                    Error::new(
+                        ErrorKind::Unexpected,
+                        "RabbitMQ returned a message of this batch without a message_id, so it cannot be told which entry was not delivered; retrying to be safe",
+                    )
+                    .with_retryable(true),
+                );
+            }
         }
 
         if broken {
@@ -252,42 +318,25 @@ impl RabbitMqPublisher {
         Ok(outcomes)
     }
 
-    fn confirmed(&self, entry: &Entry, confirmation: Confirmation) -> Outcome {
-        let route = || {
-            let exchange = &self.config.exchange;
-            let key = self.config.routing.key_for(entry);
-            if exchange.is_empty() {
-                format!("the default exchange with routing key `{key}`")
-            } else {
-                format!("exchange `{exchange}` with routing key `{key}`")
-            }
-        };
-        match confirmation {
-            Confirmation::Ack(None) => Outcome::Published,
-            // A mandatory message no queue is bound for comes back (basic.return) and is then
-            // acked: it was NOT delivered anywhere.
-            Confirmation::Ack(Some(returned)) => Outcome::Failed(Error::new(
-                ErrorKind::Rejected,
-                format!(
-                    "RabbitMQ returned entry {} as unroutable ({} {}): no queue is bound to {}; bind a queue for it or change the routing",
-                    entry.id,
-                    returned.reply_code,
-                    returned.reply_text,
-                    route()
-                ),
-            )),
-            Confirmation::Nack(_) => Outcome::Failed(
-                Error::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "RabbitMQ nacked entry {} sent to {}: the broker could not take it; it will be retried",
-                        entry.id,
-                        route()
-                    ),
+    /// The outcome of an entry the broker confirmed and did not return.
+    fn confirmed(&self, entry: &Entry, verdict: Verdict) -> Outcome {
+        match verdict {
+            Verdict::Ack => Outcome::Published,
+            Verdict::Nack => {
+                let key = self.config.routing.key_for(entry);
+                Outcome::Failed(
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "RabbitMQ nacked entry {} sent to {}: the broker could not take it (e.g. a full queue with x-overflow=reject-publish); it will be retried",
+                            entry.id,
+                            route(&self.config.exchange, &key)
+                        ),
+                    )
+                    .with_retryable(true),
                 )
-                .with_retryable(true),
-            ),
-            Confirmation::NotRequested => Outcome::Failed(
+            }
+            Verdict::NotRequested => Outcome::Failed(
                 Error::new(
                     ErrorKind::Unexpected,
                     format!(
@@ -309,6 +358,29 @@ impl RabbitMqPublisher {
             ),
         )
     }
+}
+
+fn route(exchange: &str, key: &str) -> String {
+    if exchange.is_empty() {
+        format!("the default exchange with routing key `{key}`")
+    } else {
+        format!("exchange `{exchange}` with routing key `{key}`")
+    }
+}
+
+/// A mandatory message no queue is bound for comes back (basic.return) and is then acked: it was
+/// NOT delivered anywhere. Permanent: retrying cannot create a binding.
+fn unroutable(entry: &Entry, message: &BasicReturnMessage) -> Error {
+    Error::new(
+        ErrorKind::Rejected,
+        format!(
+            "RabbitMQ returned entry {} as unroutable ({} {}): no queue is bound to {}; bind a queue for it or change the routing",
+            entry.id,
+            message.reply_code,
+            message.reply_text,
+            route(message.delivery.exchange.as_str(), message.delivery.routing_key.as_str())
+        ),
+    )
 }
 
 fn not_sent(entry: &Entry) -> Error {

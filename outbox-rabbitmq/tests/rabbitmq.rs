@@ -374,3 +374,49 @@ async fn a_relay_publishes_through_rabbitmq() {
     assert_eq!((report.claimed, report.published, report.dead), (11, 10, 1), "{report:?}");
     assert_eq!(broker.inbox.deliveries(10, WAIT).await.len(), 10);
 }
+
+/// Many unroutable entries interleaved with routable ones, into a durable queue (persistent
+/// messages are confirmed after the disk write, so the broker acks several at once): each
+/// entry's outcome must match what actually happened to it, whichever confirm lapin attaches a
+/// returned message to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_unroutable_entries_are_attributed_exactly() {
+    use outbox_rabbitmq::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    use outbox_rabbitmq::lapin::types::FieldTable;
+
+    let broker = TestBroker::new(&[]).await;
+    let durable = unique("outbox-test-durable-q");
+    broker
+        .channel
+        .queue_declare(
+            durable.as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    common::bind(&broker.channel, &durable, &broker.exchange, "routed.#").await;
+    let inbox = common::QueueInbox::consume(&broker.channel, &durable).await;
+
+    let publisher = RabbitMqPublisher::new(broker.config().build().unwrap());
+    let batch: Vec<Entry> =
+        (0..600).map(|i| entry(&format!("a-{i}"), if i % 3 == 1 { "nowhere.x" } else { "routed.y" }, 1)).collect();
+    let outcomes = publisher.publish(&batch).await.unwrap();
+
+    let mut expected_published = HashSet::new();
+    for (i, (e, o)) in batch.iter().zip(&outcomes).enumerate() {
+        if i % 3 == 1 {
+            let Outcome::Failed(error) = o else { panic!("unroutable entry #{i} was reported published") };
+            assert!(!error.is_retryable(), "#{i}: {error}");
+            assert!(error.message().contains(&e.id.to_string()), "#{i} names another entry: {error}");
+        } else {
+            assert!(o.is_published(), "routable entry #{i}: {o:?}");
+            expected_published.insert(e.id.to_string());
+        }
+    }
+    let got = inbox.deliveries(expected_published.len() + 1, Duration::from_secs(5)).await;
+    let arrived: HashSet<String> =
+        got.iter().map(|d| d.properties.message_id().as_ref().unwrap().to_string()).collect();
+    assert_eq!(arrived, expected_published);
+    broker.channel.queue_delete(durable.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}
