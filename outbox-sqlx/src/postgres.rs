@@ -1,0 +1,664 @@
+//! PostgreSQL: [`PgOutbox`] (schema and writer) and [`PgStore`] (the relay's store, with
+//! LISTEN/NOTIFY wake-ups).
+//!
+//! # How it works
+//! - **Write**: one statement per entry: an upsert of the aggregate's row
+//!   (`INSERT … ON CONFLICT … DO UPDATE … RETURNING next_sequence`) feeding the entry's `INSERT`.
+//!   The upsert locks the aggregate's row until the caller's transaction ends, so writers of one
+//!   aggregate are serialized and sequences follow commit order. A statement-level trigger sends
+//!   `NOTIFY <table>`; PostgreSQL delivers it on commit only.
+//! - **Claim**: one short transaction: lock up to `k` due, unleased aggregates with
+//!   `FOR UPDATE SKIP LOCKED` (so relays never wait on each other), read each one's first
+//!   `max_per_aggregate` unpublished entries through the partial index (`LATERAL`), take the due
+//!   prefix, mark it processing and lease the aggregates in one statement.
+//! - **Complete**: one short transaction: lock the batch's aggregates, read which entries the
+//!   holder still holds, then one statement updates every status group (`= ANY($1)` / `unnest`)
+//!   and releases the aggregates and their unpublished counts.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_core::{
+    ClaimRequest, Completion, DeadPolicy, Entry, EntryId, Error, Lease, Maintenance, NewEntry, Requeue, Result, Stats,
+    Status, Store, Timestamp, Wakeup,
+};
+use sqlx::Row;
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgRow};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::ClaimOptions;
+use crate::config::Tables;
+use crate::convert::{from_datetime, to_datetime};
+use crate::error::{Db, map};
+use crate::plan::{self, Key, NEVER};
+use crate::schema::{self, Migration};
+
+const COLUMNS: &str = "id, aggregate_type, aggregate_id, sequence, event_type, payload, content_type, headers::text, \
+     status, attempts, created_at, available_at, published_at, last_error, lease_holder, lease_expires_at";
+
+/// The SQL of one outbox, rendered once with its validated, quoted names.
+struct Sql {
+    enqueue: String,
+    upsert_aggregates: String,
+    insert_entries: String,
+    lock_aggregates: String,
+    read_heads: String,
+    mark_claimed: String,
+    lock_for_completion: String,
+    held: String,
+    complete: String,
+    purge: String,
+    stats: String,
+    requeue_all: String,
+    requeue_ids: String,
+    requeue_aggregate: String,
+    entry: String,
+}
+
+impl Sql {
+    fn new(tables: &Tables) -> Self {
+        let (pending, processing, published, failed, dead) = (
+            Status::Pending.as_str(),
+            Status::Processing.as_str(),
+            Status::Published.as_str(),
+            Status::Failed.as_str(),
+            Status::Dead.as_str(),
+        );
+        let requeue = |filter: &str| {
+            format!(
+                "WITH r AS (UPDATE {{entries}} SET status = '{pending}', attempts = 0, available_at = $1, \
+                 lease_holder = NULL, lease_expires_at = NULL WHERE status = '{dead}' AND {filter} \
+                 RETURNING aggregate_type, aggregate_id), \
+                 a AS (UPDATE {{aggregates}} a SET available_at = LEAST(a.available_at, $1) \
+                 FROM (SELECT DISTINCT aggregate_type, aggregate_id FROM r) k \
+                 WHERE a.aggregate_type = k.aggregate_type AND a.aggregate_id = k.aggregate_id) \
+                 SELECT count(*) FROM r"
+            )
+        };
+        let r = |sql: &str| tables.render(sql, '"', true);
+        Sql {
+            enqueue: r(&format!(
+                "WITH agg AS (INSERT INTO {{aggregates}} AS a \
+                 (aggregate_type, aggregate_id, next_sequence, unpublished, available_at) VALUES ($2, $3, 1, 1, $9) \
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET next_sequence = a.next_sequence + 1, \
+                 unpublished = a.unpublished + 1, available_at = LEAST(a.available_at, EXCLUDED.available_at) \
+                 RETURNING next_sequence) \
+                 INSERT INTO {{entries}} (id, aggregate_type, aggregate_id, sequence, event_type, payload, \
+                 content_type, headers, status, attempts, created_at, available_at) \
+                 SELECT $1, $2, $3, agg.next_sequence, $4, $5, $6, $7::jsonb, '{pending}', 0, $8, $9 FROM agg"
+            )),
+            upsert_aggregates: r("INSERT INTO {aggregates} AS a \
+                 (aggregate_type, aggregate_id, next_sequence, unpublished, available_at) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $3::int8[], $4::timestamptz[]) \
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+                 SET next_sequence = a.next_sequence + EXCLUDED.next_sequence, \
+                 unpublished = a.unpublished + EXCLUDED.unpublished, \
+                 available_at = LEAST(a.available_at, EXCLUDED.available_at) \
+                 RETURNING aggregate_type, aggregate_id, next_sequence"),
+            insert_entries: r(&format!(
+                "INSERT INTO {{entries}} (id, aggregate_type, aggregate_id, sequence, event_type, payload, \
+                 content_type, headers, status, attempts, created_at, available_at) \
+                 SELECT u.id, u.t, u.i, u.s, u.ev, u.p, u.ct, u.h::jsonb, '{pending}', 0, $9, u.av \
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::text[], \
+                 $8::text[], $10::timestamptz[]) AS u(id, t, i, s, ev, p, ct, h, av)"
+            )),
+            lock_aggregates: r("SELECT aggregate_type, aggregate_id FROM {aggregates} \
+                 WHERE available_at <= $1 AND unpublished > 0 \
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= $1) \
+                 ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED"),
+            read_heads: r(&format!(
+                "SELECT e.* FROM unnest($1::text[], $2::text[]) AS k(t, i) CROSS JOIN LATERAL ( \
+                 SELECT {COLUMNS} FROM {{entries}} x WHERE x.aggregate_type = k.t AND x.aggregate_id = k.i \
+                 AND x.status <> '{published}' AND ($3 OR x.status <> '{dead}') \
+                 ORDER BY x.sequence LIMIT $4) e"
+            )),
+            mark_claimed: r(&format!(
+                "WITH c AS (UPDATE {{entries}} SET status = '{processing}', lease_holder = $1, lease_expires_at = $2 \
+                 WHERE id = ANY($3)) \
+                 UPDATE {{aggregates}} a SET \
+                 lease_holder = CASE WHEN k.at IS NULL THEN $1 ELSE a.lease_holder END, \
+                 lease_expires_at = CASE WHEN k.at IS NULL THEN $2 ELSE a.lease_expires_at END, \
+                 available_at = COALESCE(k.at, a.available_at) \
+                 FROM unnest($4::text[], $5::text[], $6::timestamptz[]) AS k(t, i, at) \
+                 WHERE a.aggregate_type = k.t AND a.aggregate_id = k.i"
+            )),
+            lock_for_completion: r("SELECT a.aggregate_type FROM {aggregates} a \
+                 WHERE (a.aggregate_type, a.aggregate_id) IN (SELECT e.aggregate_type, e.aggregate_id \
+                 FROM {entries} e WHERE e.id = ANY($1) AND e.lease_holder = $2) \
+                 ORDER BY a.aggregate_type, a.aggregate_id FOR UPDATE"),
+            held: r(&format!(
+                "SELECT id, aggregate_type, aggregate_id FROM {{entries}} \
+                 WHERE id = ANY($1) AND lease_holder = $2 AND status = '{processing}'"
+            )),
+            complete: r(&format!(
+                "WITH pub AS (UPDATE {{entries}} SET status = '{published}', published_at = $3, \
+                 lease_holder = NULL, lease_expires_at = NULL WHERE id = ANY($1) AND lease_holder = $2), \
+                 retry AS (UPDATE {{entries}} e SET status = '{failed}', attempts = e.attempts + 1, available_at = r.at, \
+                 last_error = r.err, lease_holder = NULL, lease_expires_at = NULL \
+                 FROM unnest($4::uuid[], $5::timestamptz[], $6::text[]) AS r(id, at, err) \
+                 WHERE e.id = r.id AND e.lease_holder = $2), \
+                 dead AS (UPDATE {{entries}} e SET status = '{dead}', attempts = e.attempts + 1, last_error = r.err, \
+                 lease_holder = NULL, lease_expires_at = NULL FROM unnest($7::uuid[], $8::text[]) AS r(id, err) \
+                 WHERE e.id = r.id AND e.lease_holder = $2), \
+                 rel AS (UPDATE {{entries}} SET status = '{pending}', lease_holder = NULL, lease_expires_at = NULL \
+                 WHERE id = ANY($9) AND lease_holder = $2) \
+                 UPDATE {{aggregates}} a SET unpublished = a.unpublished - k.n, \
+                 available_at = CASE WHEN a.unpublished - k.n <= 0 THEN $13 \
+                 WHEN a.lease_holder = $2 THEN k.at ELSE a.available_at END, \
+                 lease_holder = CASE WHEN a.lease_holder = $2 THEN NULL ELSE a.lease_holder END, \
+                 lease_expires_at = CASE WHEN a.lease_holder = $2 THEN NULL ELSE a.lease_expires_at END \
+                 FROM unnest($10::text[], $11::text[], $12::int8[], $14::timestamptz[]) AS k(t, i, n, at) \
+                 WHERE a.aggregate_type = k.t AND a.aggregate_id = k.i"
+            )),
+            purge: r(&format!(
+                "DELETE FROM {{entries}} WHERE id IN (SELECT id FROM {{entries}} \
+                 WHERE status = '{published}' AND published_at < $1 ORDER BY published_at LIMIT $2)"
+            )),
+            stats: r(&format!(
+                "SELECT count(*) FILTER (WHERE status = '{pending}'), count(*) FILTER (WHERE status = '{processing}'), \
+                 count(*) FILTER (WHERE status = '{published}'), count(*) FILTER (WHERE status = '{failed}'), \
+                 count(*) FILTER (WHERE status = '{dead}'), min(created_at) FILTER (WHERE status <> '{published}') \
+                 FROM {{entries}}"
+            )),
+            requeue_all: r(&requeue("TRUE")),
+            requeue_ids: r(&requeue("id = ANY($2)")),
+            requeue_aggregate: r(&requeue("aggregate_type = $2 AND aggregate_id = $3")),
+            entry: r(&format!("SELECT {COLUMNS} FROM {{entries}} WHERE id = $1")),
+        }
+    }
+}
+
+/// The outbox in PostgreSQL: its tables, its schema, and the writer applications call inside
+/// their own transactions. Cheap to clone.
+///
+/// ```no_run
+/// use outbox_core::NewEntry;
+/// use outbox_sqlx::{PgOutbox, Tables};
+///
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// let outbox = PgOutbox::new(Tables::new("outbox")?);
+/// outbox.migrate(&pool).await?;
+///
+/// let mut tx = pool.begin().await?;
+/// sqlx::query("INSERT INTO orders (id) VALUES ($1)").bind("o-1").execute(&mut *tx).await?;
+/// let entry = NewEntry::builder("order", "o-1", "order.placed").json(r#"{"total":42}"#).build()?;
+/// outbox.enqueue(&mut *tx, &entry).await?;
+/// tx.commit().await?; // the entry is visible to relays now, never before
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgOutbox {
+    tables: Tables,
+    sql: Arc<Sql>,
+}
+
+impl fmt::Debug for PgOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgOutbox").field("tables", &self.tables).finish_non_exhaustive()
+    }
+}
+
+impl PgOutbox {
+    /// The outbox in `tables` (already validated).
+    pub fn new(tables: Tables) -> Self {
+        let sql = Arc::new(Sql::new(&tables));
+        PgOutbox { tables, sql }
+    }
+
+    /// The tables.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// The NOTIFY channel the trigger signals on commit: the table's name.
+    pub fn channel(&self) -> &str {
+        self.tables.name()
+    }
+
+    /// The migrations for these tables, rendered, in order: run them with your own tool, or call
+    /// [`PgOutbox::migrate`].
+    pub fn migrations(&self) -> Vec<Migration> {
+        schema::render(&self.tables, schema::raw::POSTGRES, '"', true)
+    }
+
+    /// Creates the tables, indexes and the notify trigger if they are missing (idempotent).
+    pub async fn migrate(&self, pool: &PgPool) -> Result<()> {
+        let mut conn = pool.acquire().await.map_err(|e| self.err("migrate", e))?;
+        for m in self.migrations() {
+            sqlx::raw_sql(&m.sql).execute(&mut *conn).await.map_err(|e| self.err("migrate", e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `entry` with the caller's connection (pass `&mut *tx` for a `sqlx::Transaction`), so it commits or rolls back with the caller's changes. Never commits.
+    ///
+    /// The entry gets the next sequence of its aggregate. The aggregate's row stays locked until
+    /// the transaction ends, so writers of one aggregate are serialized and sequences follow
+    /// commit order. A duplicate id fails with [`ErrorKind::Validation`](outbox_core::ErrorKind)
+    /// (and, as any failed statement in PostgreSQL, aborts the transaction).
+    pub async fn enqueue(&self, conn: &mut PgConnection, entry: &NewEntry) -> Result<()> {
+        let now = Timestamp::now();
+        sqlx::query(&self.sql.enqueue)
+            .bind(Uuid::from_u128(entry.id().as_u128()))
+            .bind(entry.aggregate_type())
+            .bind(entry.aggregate_id())
+            .bind(entry.event_type())
+            .bind(entry.payload().as_bytes())
+            .bind(entry.content_type())
+            .bind(plan::headers_to_json(entry.headers()))
+            .bind(to_datetime(now))
+            .bind(to_datetime(plan::available_at(entry, now)))
+            .execute(conn)
+            .await
+            .map_err(|e| self.err("enqueue", e))?;
+        Ok(())
+    }
+
+    /// Writes many entries with the caller's connection in two statements: one upsert of their
+    /// aggregates (in key order, so concurrent batch writers cannot deadlock) and one multi-row
+    /// insert. Entries of one aggregate get consecutive sequences in slice order.
+    pub async fn enqueue_batch(&self, conn: &mut PgConnection, entries: &[NewEntry]) -> Result<()> {
+        match entries {
+            [] => return Ok(()),
+            [one] => return self.enqueue(conn, one).await,
+            _ => {}
+        }
+        let now = Timestamp::now();
+        let groups = plan::group_by_aggregate(entries);
+        let mut types = Vec::with_capacity(groups.len());
+        let mut ids = Vec::with_capacity(groups.len());
+        let mut counts = Vec::with_capacity(groups.len());
+        let mut avail = Vec::with_capacity(groups.len());
+        for ((t, i), members) in &groups {
+            types.push(t.as_str());
+            ids.push(i.as_str());
+            counts.push(members.len() as i64);
+            let first_due = members.iter().map(|&m| plan::available_at(&entries[m], now)).min().unwrap_or(now);
+            avail.push(to_datetime(first_due));
+        }
+        let rows = sqlx::query(&self.sql.upsert_aggregates)
+            .bind(&types)
+            .bind(&ids)
+            .bind(&counts)
+            .bind(&avail)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.err("enqueue_batch", e))?;
+        let mut last: HashMap<Key, i64> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: Key = (
+                row.try_get(0).map_err(|e| self.err("enqueue_batch", e))?,
+                row.try_get(1).map_err(|e| self.err("enqueue_batch", e))?,
+            );
+            last.insert(key, row.try_get(2).map_err(|e| self.err("enqueue_batch", e))?);
+        }
+        let mut sequence = vec![0i64; entries.len()];
+        for (key, members) in &groups {
+            let top = last.get(key).copied().unwrap_or(members.len() as i64);
+            let first = top - members.len() as i64 + 1;
+            for (n, &m) in members.iter().enumerate() {
+                sequence[m] = first + n as i64;
+            }
+        }
+        let n = entries.len();
+        let (mut e_ids, mut e_types, mut e_aggs, mut e_events) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut e_payloads, mut e_cts, mut e_headers, mut e_avail) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for e in entries {
+            e_ids.push(Uuid::from_u128(e.id().as_u128()));
+            e_types.push(e.aggregate_type());
+            e_aggs.push(e.aggregate_id());
+            e_events.push(e.event_type());
+            e_payloads.push(e.payload().as_bytes());
+            e_cts.push(e.content_type());
+            e_headers.push(plan::headers_to_json(e.headers()));
+            e_avail.push(to_datetime(plan::available_at(e, now)));
+        }
+        sqlx::query(&self.sql.insert_entries)
+            .bind(&e_ids)
+            .bind(&e_types)
+            .bind(&e_aggs)
+            .bind(&sequence)
+            .bind(&e_events)
+            .bind(&e_payloads)
+            .bind(&e_cts)
+            .bind(&e_headers)
+            .bind(to_datetime(now))
+            .bind(&e_avail)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.err("enqueue_batch", e))?;
+        Ok(())
+    }
+
+    /// A store over `pool` for relays and operators.
+    pub fn store(&self, pool: PgPool) -> PgStore {
+        PgStore::new(pool, self.clone())
+    }
+
+    fn err(&self, what: &str, e: sqlx::Error) -> Error {
+        map(Db::Postgres, what, self.tables.name(), e)
+    }
+}
+
+/// The relay's side of a PostgreSQL outbox: [`Store`] and [`Maintenance`] over a pool.
+/// Cheap to clone (clones share the pool).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    outbox: PgOutbox,
+    options: ClaimOptions,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore").field("tables", &self.outbox.tables).field("options", &self.options).finish()
+    }
+}
+
+fn decode(table: &str, row: &PgRow) -> std::result::Result<Entry, Error> {
+    let err = |e: sqlx::Error| map(Db::Postgres, "reading an entry", table, e);
+    let id: Uuid = row.try_get(0).map_err(err)?;
+    let payload: Vec<u8> = row.try_get(5).map_err(err)?;
+    let headers: String = row.try_get(7).map_err(err)?;
+    let status: String = row.try_get(8).map_err(err)?;
+    let attempts: i32 = row.try_get(9).map_err(err)?;
+    let published_at: Option<OffsetDateTime> = row.try_get(12).map_err(err)?;
+    let holder: Option<String> = row.try_get(14).map_err(err)?;
+    let expires: Option<OffsetDateTime> = row.try_get(15).map_err(err)?;
+    Ok(Entry {
+        id: EntryId::from_u128(id.as_u128()),
+        aggregate_type: row.try_get(1).map_err(err)?,
+        aggregate_id: row.try_get(2).map_err(err)?,
+        sequence: row.try_get(3).map_err(err)?,
+        event_type: row.try_get(4).map_err(err)?,
+        payload: payload.into(),
+        content_type: row.try_get(6).map_err(err)?,
+        headers: plan::headers_from_json(table, &headers)?,
+        status: plan::status(table, &status)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        created_at: from_datetime(row.try_get(10).map_err(err)?),
+        available_at: from_datetime(row.try_get(11).map_err(err)?),
+        published_at: published_at.map(from_datetime),
+        last_error: row.try_get(13).map_err(err)?,
+        lease: match (holder, expires) {
+            (Some(holder), Some(expires)) => Some(Lease { holder, expires_at: from_datetime(expires) }),
+            _ => None,
+        },
+    })
+}
+
+impl PgStore {
+    /// A store for `outbox` over `pool`, with default [`ClaimOptions`].
+    pub fn new(pool: PgPool, outbox: PgOutbox) -> Self {
+        PgStore { pool, outbox, options: ClaimOptions::default() }
+    }
+
+    /// Uses `options` for claims.
+    pub fn with_options(mut self, options: ClaimOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The outbox (tables and writer).
+    pub fn outbox(&self) -> &PgOutbox {
+        &self.outbox
+    }
+
+    fn err(&self, what: &str, e: sqlx::Error) -> Error {
+        self.outbox.err(what, e)
+    }
+
+    /// Starts a task that `LISTEN`s on the outbox's channel and calls [`Wakeup::wake`] for each
+    /// commit that wrote entries, so the relay publishes within milliseconds instead of a poll
+    /// interval later. Pass the relay's handle ([`outbox_core::Relay::wakeup`]).
+    ///
+    /// The task holds one connection of its own (opened with the pool's options, not taken from
+    /// it). When the connection drops it wakes the relay (notifications may have been missed;
+    /// the relay keeps polling meanwhile) and listens again with back-off (100 ms doubling to
+    /// 5 s). It stops when the returned [`Listener`] is dropped or stopped. Needs a tokio runtime.
+    pub fn listen(&self, wakeup: Wakeup) -> Listener {
+        let pool = self.pool.clone();
+        let channel = self.outbox.channel().to_string();
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut listener) => {
+                        if listener.listen(&channel).await.is_ok() {
+                            backoff = Duration::from_millis(100);
+                            // Anything committed while we were not listening is picked up now.
+                            wakeup.wake();
+                            loop {
+                                match listener.try_recv().await {
+                                    Ok(Some(_)) => wakeup.wake(),
+                                    // The connection dropped; the next try_recv reconnects and
+                                    // listens again. Notifications in between may be lost.
+                                    Ok(None) => wakeup.wake(),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                    }
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(_) => {}
+                }
+                wakeup.wake();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+        Listener { task }
+    }
+}
+
+/// The LISTEN task of [`PgStore::listen`]; stops when dropped.
+#[derive(Debug)]
+pub struct Listener {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Listener {
+    /// Stops listening.
+    pub fn stop(self) {}
+
+    /// Whether the task is still running (it ends only when stopped or the pool is closed).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Store for PgStore {
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Entry>> {
+        let what = "claiming entries";
+        let sql = &self.outbox.sql;
+        let table = self.outbox.tables.name();
+        let k = plan::aggregates_for(self.options.aggregates_per_claim, request);
+        let now = to_datetime(request.now);
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(what, e))?;
+        let locked: Vec<(String, String)> = sqlx::query_as(&sql.lock_aggregates)
+            .bind(now)
+            .bind(k as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        if locked.is_empty() {
+            tx.rollback().await.map_err(|e| self.err(what, e))?;
+            return Ok(Vec::new());
+        }
+        let (types, ids): (Vec<&str>, Vec<&str>) = locked.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+        let rows = sqlx::query(&sql.read_heads)
+            .bind(&types)
+            .bind(&ids)
+            .bind(request.on_dead == DeadPolicy::Block)
+            .bind(request.max_per_aggregate as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        let rows = rows.iter().map(|r| decode(table, r)).collect::<Result<Vec<_>>>()?;
+        let plan = plan::plan_claim(request, &locked, rows)?;
+        let claimed_ids: Vec<Uuid> = plan.claimed.iter().map(|e| Uuid::from_u128(e.id.as_u128())).collect();
+        let mut a_types = Vec::new();
+        let mut a_ids = Vec::new();
+        let mut a_at: Vec<Option<OffsetDateTime>> = Vec::new();
+        for (t, i) in &plan.leased {
+            a_types.push(t.as_str());
+            a_ids.push(i.as_str());
+            a_at.push(None);
+        }
+        for ((t, i), at) in &plan.parked {
+            a_types.push(t.as_str());
+            a_ids.push(i.as_str());
+            a_at.push(Some(to_datetime(*at)));
+        }
+        sqlx::query(&sql.mark_claimed)
+            .bind(request.holder)
+            .bind(to_datetime(request.lease_until))
+            .bind(&claimed_ids)
+            .bind(&a_types)
+            .bind(&a_ids)
+            .bind(&a_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        tx.commit().await.map_err(|e| self.err(what, e))?;
+        Ok(plan.claimed)
+    }
+
+    async fn complete(&self, completion: &Completion) -> Result<()> {
+        if completion.is_empty() {
+            return Ok(());
+        }
+        let what = "completing a batch";
+        let sql = &self.outbox.sql;
+        let all: Vec<Uuid> = completion
+            .published
+            .iter()
+            .chain(completion.retry.iter().map(|r| &r.id))
+            .chain(completion.dead.iter().map(|d| &d.id))
+            .chain(&completion.released)
+            .map(|id| Uuid::from_u128(id.as_u128()))
+            .collect();
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(what, e))?;
+        sqlx::query(&sql.lock_for_completion)
+            .bind(&all)
+            .bind(&completion.holder)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        let held_rows: Vec<(Uuid, String, String)> = sqlx::query_as(&sql.held)
+            .bind(&all)
+            .bind(&completion.holder)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        if held_rows.is_empty() {
+            tx.rollback().await.map_err(|e| self.err(what, e))?;
+            return Ok(());
+        }
+        let held: HashMap<EntryId, Key> =
+            held_rows.into_iter().map(|(id, t, i)| (EntryId::from_u128(id.as_u128()), (t, i))).collect();
+        let plan = plan::plan_completion(completion, &held);
+        let uuid = |id: &EntryId| Uuid::from_u128(id.as_u128());
+        let published: Vec<Uuid> = plan.published.iter().map(uuid).collect();
+        let retry_ids: Vec<Uuid> = plan.retry.iter().map(|r| uuid(&r.id)).collect();
+        let retry_at: Vec<OffsetDateTime> = plan.retry.iter().map(|r| to_datetime(r.at)).collect();
+        let retry_err: Vec<&str> = plan.retry.iter().map(|r| r.error.as_str()).collect();
+        let dead_ids: Vec<Uuid> = plan.dead.iter().map(|d| uuid(&d.id)).collect();
+        let dead_err: Vec<&str> = plan.dead.iter().map(|d| d.error.as_str()).collect();
+        let released: Vec<Uuid> = plan.released.iter().map(uuid).collect();
+        let a_types: Vec<&str> = plan.aggregates.iter().map(|a| a.key.0.as_str()).collect();
+        let a_ids: Vec<&str> = plan.aggregates.iter().map(|a| a.key.1.as_str()).collect();
+        let a_n: Vec<i64> = plan.aggregates.iter().map(|a| a.published).collect();
+        let a_at: Vec<OffsetDateTime> = plan.aggregates.iter().map(|a| to_datetime(a.available_at)).collect();
+        sqlx::query(&sql.complete)
+            .bind(&published)
+            .bind(&completion.holder)
+            .bind(to_datetime(completion.now))
+            .bind(&retry_ids)
+            .bind(&retry_at)
+            .bind(&retry_err)
+            .bind(&dead_ids)
+            .bind(&dead_err)
+            .bind(&released)
+            .bind(&a_types)
+            .bind(&a_ids)
+            .bind(&a_n)
+            .bind(to_datetime(NEVER))
+            .bind(&a_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        tx.commit().await.map_err(|e| self.err(what, e))?;
+        Ok(())
+    }
+}
+
+impl Maintenance for PgStore {
+    async fn purge_published(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let done = sqlx::query(&self.outbox.sql.purge)
+            .bind(to_datetime(before))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err("purging published entries", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn stats(&self, now: Timestamp) -> Result<Stats> {
+        let (pending, processing, published, failed, dead, oldest): (i64, i64, i64, i64, i64, Option<OffsetDateTime>) =
+            sqlx::query_as(&self.outbox.sql.stats)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.err("reading stats", e))?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(Stats {
+            pending: count(pending),
+            processing: count(processing),
+            published: count(published),
+            failed: count(failed),
+            dead: count(dead),
+            oldest_unpublished_age: oldest.map(|o| now.saturating_duration_since(from_datetime(o))),
+        })
+    }
+
+    async fn requeue_dead(&self, which: Requeue<'_>, now: Timestamp) -> Result<u64> {
+        let sql = &self.outbox.sql;
+        let now = to_datetime(now);
+        let query = match which {
+            Requeue::All => sqlx::query_scalar(&sql.requeue_all).bind(now),
+            Requeue::Ids(ids) => sqlx::query_scalar(&sql.requeue_ids)
+                .bind(now)
+                .bind(ids.iter().map(|id| Uuid::from_u128(id.as_u128())).collect::<Vec<_>>()),
+            Requeue::Aggregate { aggregate_type, aggregate_id } => {
+                sqlx::query_scalar(&sql.requeue_aggregate).bind(now).bind(aggregate_type).bind(aggregate_id)
+            }
+        };
+        let n: i64 = query.fetch_one(&self.pool).await.map_err(|e| self.err("requeuing dead entries", e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn entry(&self, id: EntryId) -> Result<Option<Entry>> {
+        let row = sqlx::query(&self.outbox.sql.entry)
+            .bind(Uuid::from_u128(id.as_u128()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err("reading an entry", e))?;
+        row.map(|r| decode(self.outbox.tables.name(), &r)).transpose()
+    }
+}

@@ -1,0 +1,370 @@
+//! outbox-sqlx against a real PostgreSQL (`OUTBOX_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`). Start it with `cargo xtask services up`.
+#![cfg(feature = "postgres")]
+// Test helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Shared, assert_once_in_order, entry, redact, unique_table, url};
+use outbox_core::testkit::{Harness, store_suite};
+use outbox_core::{
+    ClaimRequest, CollectingPublisher, Completion, DeadPolicy, Entry, ErrorKind, Maintenance, NewEntry, Relay,
+    RelayConfig, Result, Store, Timestamp,
+};
+use outbox_sqlx::{PgOutbox, PgStore, Tables};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+
+fn pg_url() -> String {
+    url("OUTBOX_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+}
+
+async fn connect(max: u32) -> PgPool {
+    let url = pg_url();
+    match PgPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(10)).connect(&url).await {
+        Ok(pool) => pool,
+        Err(e) => panic!(
+            "cannot reach PostgreSQL at {} ({e}); run `cargo xtask services up` (or set OUTBOX_TEST_POSTGRES_URL)",
+            redact(&url)
+        ),
+    }
+}
+
+async fn fresh_outbox(prefix: &str) -> (PgPool, PgOutbox) {
+    let pool = connect(5).await;
+    let outbox = PgOutbox::new(Tables::new(unique_table(prefix)).unwrap());
+    outbox.migrate(&pool).await.unwrap();
+    (pool, outbox)
+}
+
+struct PgHarness {
+    pool: PgPool,
+    store: PgStore,
+}
+
+impl Harness for PgHarness {
+    type Store = PgStore;
+
+    fn store(&self) -> PgStore {
+        self.store.clone()
+    }
+
+    async fn open_store(&self) -> Result<PgStore> {
+        Ok(self.store.outbox().store(connect(4).await))
+    }
+
+    async fn write(&self, entries: Vec<NewEntry>, commit: bool) -> Result<()> {
+        let mut tx = self.pool.begin().await.unwrap();
+        let outbox = self.store.outbox();
+        // One entry through `enqueue`, several through `enqueue_batch`: both paths get checked.
+        let written = if entries.len() == 1 {
+            outbox.enqueue(&mut tx, &entries[0]).await
+        } else {
+            outbox.enqueue_batch(&mut tx, &entries).await
+        };
+        if written.is_err() || !commit {
+            tx.rollback().await.unwrap();
+            return written;
+        }
+        tx.commit().await.unwrap();
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_conformance_suite() {
+    store_suite(|| async {
+        let (pool, outbox) = fresh_outbox("suite").await;
+        Ok(PgHarness { store: outbox.store(pool.clone()), pool })
+    })
+    .await;
+}
+
+fn claim_all(holder: &str) -> ClaimRequest<'_> {
+    let now = Timestamp::now();
+    ClaimRequest {
+        holder,
+        now,
+        lease_until: now.saturating_add(Duration::from_secs(30)),
+        max_entries: 100,
+        max_per_aggregate: 100,
+        on_dead: DeadPolicy::Block,
+    }
+}
+
+#[tokio::test]
+async fn rolled_back_enqueue_is_never_claimed_and_committed_one_is() {
+    let (pool, outbox) = fresh_outbox("rollback").await;
+    sqlx::query(&format!("CREATE TABLE \"{}_orders\" (id text PRIMARY KEY)", outbox.tables().name()))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let order = |id: &str| format!("INSERT INTO \"{}_orders\" (id) VALUES ('{id}')", outbox.tables().name());
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(&order("o-1")).execute(&mut *tx).await.unwrap();
+    let lost = entry("o-1", 0);
+    outbox.enqueue(&mut tx, &lost).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(&order("o-2")).execute(&mut *tx).await.unwrap();
+    let kept = entry("o-2", 0);
+    outbox.enqueue(&mut tx, &kept).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let store = outbox.store(pool.clone());
+    let claimed = store.claim(&claim_all("h")).await.unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), [kept.id()]);
+    assert!(store.entry(lost.id()).await.unwrap().is_none(), "the rolled-back entry must not exist");
+    store
+        .complete(&Completion {
+            holder: "h".into(),
+            now: Timestamp::now(),
+            published: vec![kept.id()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.claim(&claim_all("h2")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn batch_enqueue_gives_consecutive_sequences_in_slice_order() {
+    let (pool, outbox) = fresh_outbox("batchseq").await;
+    let first = [entry("a", 0), entry("b", 0), entry("a", 1)];
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut tx, &first).await.unwrap();
+    let second = [entry("a", 2), entry("b", 1)];
+    outbox.enqueue_batch(&mut tx, &second).await.unwrap();
+    tx.commit().await.unwrap();
+    let store = outbox.store(pool);
+    let mut got = Vec::new();
+    for e in first.iter().chain(&second) {
+        let stored = store.entry(e.id()).await.unwrap().unwrap();
+        got.push((stored.aggregate_id, stored.sequence));
+    }
+    let expected: Vec<(String, i64)> =
+        [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2)].iter().map(|(a, s)| (a.to_string(), *s)).collect();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn missing_table_is_a_schema_mismatch_naming_the_migration() {
+    let pool = connect(2).await;
+    let outbox = PgOutbox::new(Tables::new(unique_table("missing")).unwrap());
+    let store = outbox.store(pool.clone());
+    let err = store.claim(&claim_all("h")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaMismatch, "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("0001_outbox") && err.to_string().contains("PgOutbox::migrate"), "{err}");
+    let mut tx = pool.begin().await.unwrap();
+    let err = outbox.enqueue(&mut tx, &entry("x", 0)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaMismatch, "{err}");
+    let err = store.stats(Timestamp::now()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaMismatch, "{err}");
+}
+
+#[tokio::test]
+async fn migrations_are_rendered_idempotent_and_in_a_schema() {
+    let pool = connect(2).await;
+    let schema = unique_table("schema");
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\"")).execute(&pool).await.unwrap();
+    let outbox = PgOutbox::new(Tables::new("outbox").unwrap().with_schema(&schema).unwrap());
+    let migrations = outbox.migrations();
+    assert_eq!(migrations.len(), 1);
+    assert_eq!(migrations[0].file_name(), "0001_outbox.sql");
+    assert!(!migrations[0].sql.contains("{entries}") && !migrations[0].sql.contains("{name}"));
+    outbox.migrate(&pool).await.unwrap();
+    outbox.migrate(&pool).await.unwrap(); // again: nothing changes, nothing fails
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &entry("s", 0)).await.unwrap();
+    tx.commit().await.unwrap();
+    let n: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".outbox")).fetch_one(&pool).await.unwrap();
+    assert_eq!(n, 1);
+    let err = pool.acquire().await.map(|_| ()).and(Ok::<_, sqlx::Error>(()));
+    assert!(err.is_ok());
+}
+
+#[tokio::test]
+async fn duplicate_id_is_a_validation_error() {
+    let (pool, outbox) = fresh_outbox("dup").await;
+    let e = entry("d", 0);
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &e).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let err = outbox.enqueue(&mut tx, &e).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation, "{err}");
+    assert!(err.to_string().contains("duplicate entry id"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_and_retryable() {
+    // Nothing listens on port 1.
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/test")
+        .unwrap();
+    let store = PgOutbox::new(Tables::default()).store(pool);
+    let err = store.claim(&claim_all("h")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_retryable());
+}
+
+/// Four relays, each with its own pool, drain 5,000 entries over 200 aggregates with `run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_relays_with_separate_pools_publish_each_entry_once_in_order() {
+    let (pool, outbox) = fresh_outbox("conc").await;
+    let mut expected = HashSet::new();
+    let mut batch = Vec::new();
+    for n in 0..25 {
+        for a in 0..200 {
+            let e = entry(&format!("agg-{a}"), n);
+            expected.insert(e.id());
+            batch.push(e);
+        }
+        let mut tx = pool.begin().await.unwrap();
+        outbox.enqueue_batch(&mut tx, &batch).await.unwrap();
+        tx.commit().await.unwrap();
+        batch.clear();
+    }
+    let total = expected.len();
+    let publisher = Shared::default();
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let store = outbox.store(connect(3).await);
+        let config = RelayConfig {
+            relay_id: format!("relay-{i}"),
+            batch_size: 200,
+            max_per_aggregate: 5,
+            poll_interval: Duration::from_millis(5),
+            max_poll_interval: Duration::from_millis(50),
+            ..RelayConfig::default()
+        };
+        let relay = Relay::new(store, publisher.clone(), config).unwrap();
+        let done = publisher.inner.clone();
+        tasks.push(tokio::spawn(async move {
+            relay
+                .run(async move {
+                    for _ in 0..6000 {
+                        if done.len() >= total {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_once_in_order(&publisher.inner.published(), &expected);
+    let stats = outbox.store(pool).stats(Timestamp::now()).await.unwrap();
+    assert_eq!((stats.published, stats.pending, stats.processing), (total as u64, 0, 0));
+}
+
+/// Counts claims, to know the relay has gone idle.
+#[derive(Clone)]
+struct Counting(PgStore, Arc<AtomicUsize>);
+
+impl Store for Counting {
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Entry>> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.claim(request).await
+    }
+    async fn complete(&self, completion: &Completion) -> Result<()> {
+        self.0.complete(completion).await
+    }
+}
+
+async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..1000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("gave up waiting (20 s) until {what}");
+}
+
+/// A relay that polls only every 60 s publishes a committed entry at once because the commit's
+/// NOTIFY wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_on_commit_wakes_an_idle_relay() {
+    let (pool, outbox) = fresh_outbox("notify").await;
+    let store = outbox.store(pool.clone());
+    let claims = Arc::new(AtomicUsize::new(0));
+    let publisher = CollectingPublisher::new();
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(60),
+        max_poll_interval: Duration::from_secs(60),
+        ..RelayConfig::default()
+    };
+    let relay = Arc::new(Relay::new(Counting(store.clone(), claims.clone()), publisher.clone(), config).unwrap());
+    let listener = store.listen(relay.wakeup());
+    let channel = outbox.channel().to_string();
+    wait_until("the listener is connected", async || {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE query = $1")
+            .bind(format!("LISTEN \"{channel}\""))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        n > 0
+    })
+    .await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = relay.clone();
+    let task = tokio::spawn(async move {
+        running
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    // The relay polls once at start (and maybe once more for the listener's first wake), then sleeps 60 s.
+    wait_until("the relay polled", async || claims.load(Ordering::SeqCst) >= 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = claims.load(Ordering::SeqCst);
+
+    let e = entry("wake", 0);
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &e).await.unwrap();
+    tx.commit().await.unwrap();
+    wait_until("the entry is published", async || publisher.len() == 1).await;
+    assert!(claims.load(Ordering::SeqCst) > before, "the relay claimed again because of the notification");
+    assert_eq!(publisher.published()[0].id, e.id());
+    assert!(listener.is_running());
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// Only a commit notifies: a rolled-back write sends nothing.
+#[tokio::test]
+async fn rolled_back_write_does_not_notify() {
+    let (pool, outbox) = fresh_outbox("nonotify").await;
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen(outbox.channel()).await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &entry("n", 0)).await.unwrap();
+    tx.rollback().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut tx, &[entry("n", 1), entry("m", 0)]).await.unwrap();
+    tx.commit().await.unwrap();
+    sqlx::query("SELECT pg_notify($1, 'marker')").bind(outbox.channel()).execute(&pool).await.unwrap();
+
+    // Notifications arrive in commit order: the committed write's, then the marker. A
+    // notification from the rolled-back write would come first.
+    let first = listener.recv().await.unwrap();
+    assert_eq!(first.payload(), "", "the committed write notifies");
+    let second = listener.recv().await.unwrap();
+    assert_eq!(second.payload(), "marker", "exactly one notification per committed write, none for the rollback");
+}
