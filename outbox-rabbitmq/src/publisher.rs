@@ -144,9 +144,14 @@ impl RabbitMqPublisher {
         if let Some(name) = &self.config.connection_name {
             properties = properties.with_connection_name(name.as_str().into());
         }
-        let connection = Connection::connect(&self.config.url, properties)
-            .await
-            .map_err(|e| classify(e, &format!("connecting to RabbitMQ at {url} failed; is the broker running?")))?;
+        let connection = Connection::connect(&self.config.url, properties).await.map_err(|e| {
+            let hint = if is_access_refused(&e) {
+                "check the user name, password and vhost permissions"
+            } else {
+                "is the broker running and reachable?"
+            };
+            classify(e, &format!("connecting to RabbitMQ at {url} failed; {hint}"))
+        })?;
         let channel = connection
             .create_channel()
             .await
@@ -391,6 +396,10 @@ fn not_sent(entry: &Entry) -> Error {
             entry.id
         ),
     )
+}
+
+fn is_access_refused(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)))
 }
 
 /// Maps a lapin error. Connection and channel failures are always retryable: they say nothing

@@ -420,3 +420,21 @@ async fn interleaved_unroutable_entries_are_attributed_exactly() {
     assert_eq!(arrived, expected_published);
     broker.channel.queue_delete(durable.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
 }
+
+/// Wrong credentials fail the batch as a whole, retryably (entries wait for the fix instead of
+/// dying), and the password never shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_fail_the_batch_retryably_without_showing_the_password() {
+    let broker = TestBroker::new(&["#"]).await;
+    let url = common::amqp_url();
+    let Some((scheme, rest)) = url.split_once("://") else { panic!("unexpected URL form") };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let wrong = format!("{scheme}://outbox-nobody:wr0ng-s3cret@{host}");
+    let publisher = RabbitMqPublisher::new(RabbitMqConfig::builder(wrong, broker.exchange.as_str()).build().unwrap());
+    let error = publisher.publish(&[entry("a", "order.placed", 1)]).await.expect_err("bad credentials");
+    assert!(error.is_retryable(), "{error}");
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("wr0ng-s3cret"), "{shown}");
+    assert!(shown.contains("outbox-nobody:***@"), "{shown}");
+    assert!(error.message().contains("password"), "says what to check: {error}");
+}
