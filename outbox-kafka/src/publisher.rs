@@ -237,3 +237,19 @@ impl fmt::Debug for KafkaPublisher {
         f.debug_struct("KafkaPublisher").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outbox_core::{NewEntry, Timestamp};
+
+    #[test]
+    fn keys_follow_the_configured_strategy() {
+        let new = NewEntry::builder("order", "o-42", "order.placed").build().unwrap();
+        let entry = Entry::from_new(new, 1, Timestamp::from_millis(0));
+        assert_eq!(message_key(&Key::AggregateId, &entry).as_ref(), b"o-42");
+        assert_eq!(message_key(&Key::AggregateTypeAndId, &entry).as_ref(), b"order/o-42");
+        let custom = Key::Custom(Arc::new(|e: &Entry| e.aggregate_id.to_uppercase().into_bytes()));
+        assert_eq!(message_key(&custom, &entry).as_ref(), b"O-42");
+    }
+}

@@ -217,6 +217,39 @@ async fn keys_headers_order_and_count_arrive_as_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_makes_sends_wait_not_fail() {
+    let topic = unique("queue-full");
+    create_topics(&[&topic], 2).await;
+    // librdkafka's queue holds 10 messages: most sends find it full at first.
+    let publisher = publisher(
+        KafkaConfig::new(brokers(), Routing::topic(&topic).unwrap()).set("queue.buffering.max.messages", "10"),
+    );
+    let batch = |run: &str| -> Vec<Entry> {
+        (1..=30)
+            .flat_map(|seq| (0..5).map(move |a| (seq, a)))
+            .map(|(seq, a)| entry(&format!("{run}-{a}"), "order.updated", seq, format!("{run}/{a}/{seq}")))
+            .collect()
+    };
+    let (first, second) = (batch("first"), batch("second"));
+    // Two batches at once: one of them also finds the queue full with nothing of its own in flight.
+    let (a, b) = tokio::join!(publisher.publish(&first), publisher.publish(&second));
+    for (entries, outcomes) in [(&first, a.expect("publish")), (&second, b.expect("publish"))] {
+        assert_eq!(outcomes.len(), entries.len());
+        assert!(outcomes.iter().all(Outcome::is_published), "{:?}", outcomes.iter().find(|o| !o.is_published()));
+    }
+    let received = receive(&consumer(&[&topic], 2), 300, WAIT).await;
+    assert_eq!(received.len(), 300);
+    let mut last: HashMap<Vec<u8>, i64> = HashMap::new();
+    for m in &received {
+        let sequence: i64 = header(&header_pairs(m), headers::SEQUENCE).expect("sequence").parse().expect("a number");
+        let key = m.key().expect("a key").to_vec();
+        if let Some(prev) = last.insert(key, sequence) {
+            assert!(prev < sequence, "order kept per key");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_event_type_to_two_topics() {
     let prefix = format!("{}.", unique("route"));
     let placed = format!("{prefix}order.placed");
