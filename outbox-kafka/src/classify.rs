@@ -88,7 +88,8 @@ fn advice(code: C, topic: &str) -> String {
         C::MessageTimedOut => "the broker did not acknowledge it within `message.timeout.ms`; check that the broker is up and reachable".to_string(),
         C::Authentication | C::SaslAuthenticationFailed => "check the SASL/TLS credentials".to_string(),
         C::Fatal => "the idempotent producer hit a fatal error; a new producer is made for the next batch".to_string(),
-        _ => "it is retried".to_string(),
+        _ if verdict(code).1 => "it is retried".to_string(),
+        _ => format!("the broker refuses this message for `{topic}`; it is not retried"),
     }
 }
 
@@ -144,6 +145,8 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::TooLarge);
         assert!(!e.is_retryable());
         assert!(e.message().contains("`orders`") && e.message().contains("message.max.bytes"), "{e}");
+        let e = delivery_error(&KafkaError::MessageProduction(C::PolicyViolation), "orders", None);
+        assert!(!e.is_retryable() && e.message().contains("not retried"), "{e}");
         let e = delivery_error(&KafkaError::MessageProduction(C::UnknownTopicOrPartition), "nope", None);
         assert!(e.is_retryable());
         assert!(e.message().contains("create it"), "{e}");

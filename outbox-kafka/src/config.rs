@@ -18,13 +18,15 @@ use crate::routing::Routing;
 ///   `max.in.flight` at 5 or less itself).
 /// - `partitioner=murmur2_random`: a key goes to the same partition as with the Java client, so
 ///   other producers of the same keys agree on partitions.
-/// - `message.timeout.ms=30000`: a message not acknowledged within 30 s fails (retryable), in
-///   line with the relay's default 30 s lease, instead of librdkafka's 300 s.
+/// - `message.timeout.ms=8000`: a message not acknowledged within 8 s fails (retryable), instead
+///   of librdkafka's 300 s. This is below the relay's default 10 s `publish_timeout`, so every
+///   outcome of a batch is known before the relay would give up on it (an abandoned batch may
+///   still reach the broker later: a duplicate). Raise both together.
 pub const DEFAULT_OPTIONS: &[(&str, &str)] = &[
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("partitioner", "murmur2_random"),
-    ("message.timeout.ms", "30000"),
+    ("message.timeout.ms", "8000"),
 ];
 
 /// A user function computing an entry's message key (see [`Key::Custom`]).

@@ -73,6 +73,8 @@
 //! ## Decisions
 //! - The message timestamp is left to the producer (the send time), not the entry's
 //!   `created_at`: an old entry would otherwise fall out of a time-based retention at once.
+//! - `message.timeout.ms=8000` (librdkafka: 300 s): below the relay's default 10 s publish
+//!   timeout, so a batch's outcomes are known before the relay gives up on it.
 //! - `partitioner=murmur2_random`, like the Java client, so other producers of the same keys
 //!   pick the same partitions.
 //! - Delivery is at least once: a publish the relay abandons (its timeout) may still reach the

@@ -16,7 +16,10 @@ use crate::config::{ConfigError, KafkaConfig, Key, describe_client_error};
 use crate::headers;
 
 /// How long one send may wait for room in librdkafka's queue before it fails (retryable).
-pub const QUEUE_FULL_WAIT: Duration = Duration::from_secs(10);
+///
+/// Kept short: the relay gives up on a whole publish after its `publish_timeout` (10 s by
+/// default).
+pub const QUEUE_FULL_WAIT: Duration = Duration::from_secs(5);
 
 /// How long to sleep when the queue is full and this batch has nothing in flight to wait for
 /// (another batch filled the queue).
