@@ -8,7 +8,7 @@
 //! | `_MSG_TIMED_OUT`, `REQUEST_TIMED_OUT`, `_TIMED_OUT`, `_TIMED_OUT_QUEUE` | `Timeout` | retryable |
 //! | `_QUEUE_FULL`, `THROTTLING_QUOTA_EXCEEDED` | `Throttled` | retryable |
 //! | `_TRANSPORT`, `_ALL_BROKERS_DOWN`, `_RESOLVE`, `BROKER_NOT_AVAILABLE`, `LEADER_NOT_AVAILABLE`, `NOT_LEADER_FOR_PARTITION`, `REPLICA_NOT_AVAILABLE`, `NETWORK_EXCEPTION`, `NOT_ENOUGH_REPLICAS`, `NOT_ENOUGH_REPLICAS_AFTER_APPEND`, `_ISR_INSUFF`, `KAFKA_STORAGE_ERROR`, `_SSL`, `_AUTHENTICATION`, `SASL_AUTHENTICATION_FAILED`, `_DESTROY` | `Unavailable` | retryable |
-//! | `_FATAL` (the idempotent producer cannot go on; the publisher makes a new one), `_PURGE_*`, `_INVALID_DIFFERENT_RECORD`, anything else | `Unexpected` | retryable |
+//! | `_FATAL` and the error that caused it (e.g. `OUT_OF_ORDER_SEQUENCE_NUMBER`: the idempotent producer cannot go on; the publisher makes a new one), `INVALID_PRODUCER_EPOCH`, `PRODUCER_FENCED` (librdkafka bumps the epoch), `_PURGE_*`, `_INVALID_DIFFERENT_RECORD`, anything else | `Unexpected` | retryable |
 //!
 //! Decisions where Kafka leaves room:
 //! - **A missing topic is retryable.** Without auto-creation, producing to a topic that does
@@ -87,7 +87,9 @@ fn advice(code: C, topic: &str) -> String {
         C::QueueFull => "librdkafka's producer queue stayed full: raise `queue.buffering.max.messages` / `queue.buffering.max.kbytes` or publish smaller batches".to_string(),
         C::MessageTimedOut => "the broker did not acknowledge it within `message.timeout.ms`; check that the broker is up and reachable".to_string(),
         C::Authentication | C::SaslAuthenticationFailed => "check the SASL/TLS credentials".to_string(),
-        C::Fatal => "the idempotent producer hit a fatal error; a new producer is made for the next batch".to_string(),
+        C::Fatal | C::OutOfOrderSequenceNumber => {
+            "the idempotent producer hit a fatal error; a new producer is made for the next batch".to_string()
+        }
         _ if verdict(code).1 => "it is retried".to_string(),
         _ => format!("the broker refuses this message for `{topic}`; it is not retried"),
     }

@@ -53,7 +53,7 @@
 //! | `_QUEUE_FULL` (after waiting up to [`QUEUE_FULL_WAIT`] for room), `THROTTLING_QUOTA_EXCEEDED` | `Throttled` | retryable |
 //! | transport, all brokers down, resolve, broker / leader / replica not available, not leader, network exception, not enough replicas, storage error, TLS, authentication | `Unavailable` | retryable |
 //! | an earlier entry of the same aggregate in the batch could not be sent | `Conflict` | retryable |
-//! | `_FATAL` (a new producer is made for the next batch), anything else | `Unexpected` | retryable |
+//! | `_FATAL` and the error behind it, e.g. `OUT_OF_ORDER_SEQUENCE_NUMBER` (the idempotent producer stops; a new one is made for the next batch), `INVALID_PRODUCER_EPOCH`, `PRODUCER_FENCED`, anything else | `Unexpected` | retryable |
 //!
 //! When librdkafka's queue is full, a send waits for the batch's oldest delivery report (or
 //! sleeps briefly when another batch filled the queue) and tries again, for up to

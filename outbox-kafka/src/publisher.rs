@@ -161,7 +161,9 @@ impl KafkaPublisher {
             fatal |= was_fatal;
             outcomes[i] = Some(outcome);
         }
-        if fatal {
+        // librdkafka reports the error that made the producer fail fatally (e.g. a sequence
+        // desynchronization) with its own code, and only later sends with `_FATAL`: ask it.
+        if fatal || (outcomes.iter().any(|o| !matches!(o, Some(Outcome::Published))) && has_fatal_error(&producer)) {
             self.replace_fatal_producer(&producer);
         }
         outcomes
@@ -201,6 +203,10 @@ impl InFlight<'_> {
             ),
         }
     }
+}
+
+fn has_fatal_error(producer: &FutureProducer) -> bool {
+    producer.client().fatal_error().is_some()
 }
 
 fn is_fatal(e: &KafkaError) -> bool {
