@@ -386,13 +386,12 @@ async fn interleaved_unroutable_entries_are_attributed_exactly() {
 
     let broker = TestBroker::new(&[]).await;
     let durable = unique("outbox-test-durable-q");
+    // Deleted below; `x-expires` removes it even if the test fails before that.
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(120_000));
     broker
         .channel
-        .queue_declare(
-            durable.as_str().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            FieldTable::default(),
-        )
+        .queue_declare(durable.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
         .await
         .unwrap();
     common::bind(&broker.channel, &durable, &broker.exchange, "routed.#").await;
