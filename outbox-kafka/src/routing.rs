@@ -59,6 +59,11 @@ enum Rule {
 /// names that depend on the entry are validated per entry at publish time, and an invalid one
 /// is a permanent failure of that entry alone ([`ErrorKind::Rejected`]).
 ///
+/// Kafka keeps order within a partition of one topic: when the events of one aggregate go to
+/// several topics (routing by event type), consumers see each topic's share in order, not the
+/// aggregate's events as one sequence. Route by aggregate type or to one topic when a consumer
+/// needs them all in order.
+///
 /// ```
 /// use outbox_kafka::Routing;
 /// // Everything to one topic:
