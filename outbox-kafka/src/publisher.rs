@@ -170,7 +170,10 @@ impl KafkaPublisher {
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| {
-                    Outcome::Failed(Error::new(ErrorKind::Unexpected, "no delivery report was recorded for this entry"))
+                    Outcome::Failed(
+                        Error::new(ErrorKind::Unexpected, "no delivery report was recorded for this entry")
+                            .with_retryable(true),
+                    )
                 })
             })
             .collect()
