@@ -63,7 +63,10 @@ async fn place_order(pool: &SqlitePool, outbox: &SqliteOutbox, order: &Order, pa
         .execute(&mut *tx)
         .await?;
     let event = NewEntry::builder("order", order.id, "order.placed")
-        .json(format!(r#"{{"order":"{}","customer":"{}","total_cents":{}}}"#, order.id, order.customer, order.total_cents))
+        .json(format!(
+            r#"{{"order":"{}","customer":"{}","total_cents":{}}}"#,
+            order.id, order.customer, order.total_cents
+        ))
         .correlation_id(format!("checkout-{}", order.id))
         .build()?;
     outbox.enqueue(&mut tx, &event).await?;
@@ -83,9 +86,11 @@ async fn run(path: &std::path::Path) -> Result<(), BoxError> {
         .journal_mode(SqliteJournalMode::Wal);
     let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
 
-    sqlx::query("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, customer TEXT NOT NULL, total_cents INTEGER NOT NULL)")
-        .execute(&pool)
-        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, customer TEXT NOT NULL, total_cents INTEGER NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
     let outbox = SqliteOutbox::new(Tables::new("outbox")?);
     outbox.migrate(&pool).await?;
 

@@ -1,0 +1,165 @@
+//! Helpers shared by the outbox-sqlx benchmarks: settings from the environment, connections,
+//! backlog generation in SQL, the relay drain loop and the markdown row printer.
+#![allow(dead_code)]
+
+use std::error::Error;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use outbox_core::{EntryId, NoopPublisher, Relay, RelayConfig, Store};
+
+/// Errors in benchmarks: anything, with a message.
+pub(crate) type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// Payload size of generated entries, in bytes (about; JSON text).
+pub(crate) const PAYLOAD_BYTES: usize = 200;
+
+/// `name` from the environment as a number, else `default`.
+pub(crate) fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+}
+
+/// `name` from the environment, else `default`.
+pub(crate) fn env_str(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// The PostgreSQL URL (`OUTBOX_TEST_POSTGRES_URL`, same default as the tests).
+pub(crate) fn pg_url() -> String {
+    env_str("OUTBOX_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+}
+
+/// The MySQL/MariaDB URL (`OUTBOX_TEST_MYSQL_URL`, same default as the tests).
+pub(crate) fn mysql_url() -> String {
+    env_str("OUTBOX_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+}
+
+/// The URL without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = url[s + 3..at].split(':').next().unwrap_or("");
+            format!("{}{user}{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A table name no other run uses: `<prefix>_<random hex>`, a valid identifier.
+pub(crate) fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:x}", EntryId::generate().as_u128() & 0xffff_ffff_ffff)
+}
+
+/// One result row: `| area | case | figure | unit | note |`.
+pub(crate) fn row(area: &str, case: &str, figure: impl std::fmt::Display, unit: &str, note: &str) {
+    println!("| {area} | {case} | {figure} | {unit} | {note} |");
+}
+
+/// A JSON payload of about [`PAYLOAD_BYTES`] bytes.
+pub(crate) fn payload(n: usize) -> String {
+    let mut body = format!(r#"{{"n":{n},"pad":""#);
+    body.push_str(&"x".repeat(PAYLOAD_BYTES.saturating_sub(body.len() + 2)));
+    body.push_str("\"}");
+    body
+}
+
+/// Progress and setup messages go to stderr, so stdout holds only result rows.
+pub(crate) fn say(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}
+
+/// The relay configuration every drain uses: the defaults (batches of 1,000, 20 per aggregate).
+pub(crate) fn relay_config() -> RelayConfig {
+    RelayConfig { batch_size: 1000, max_per_aggregate: 20, ..RelayConfig::default() }
+}
+
+/// Drains `total` entries with one relay per store (each store on its own pool), each relay a
+/// spawned task calling `Relay::run_once` until all `total` are published; returns the wall
+/// time from the first claim to the last completion.
+pub(crate) async fn drain<S>(stores: Vec<S>, total: usize) -> BenchResult<Duration>
+where
+    S: Store + Send + Sync + 'static,
+{
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut relays = Vec::new();
+    for store in stores {
+        relays.push(Relay::new(store, NoopPublisher, relay_config())?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for relay in relays {
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut idle_since: Option<Instant> = None;
+            while done.load(Ordering::Relaxed) < total {
+                let report = relay.run_once().await?;
+                done.fetch_add(report.published, Ordering::Relaxed);
+                if report.claimed == 0 {
+                    // Another relay holds the last aggregates: wait for it, but not forever.
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(60) {
+                        return Err(outbox_core::Error::new(
+                            outbox_core::ErrorKind::Unexpected,
+                            "nothing claimable for 60 s before the backlog was drained",
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else {
+                    idle_since = None;
+                }
+            }
+            Ok::<_, outbox_core::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(started.elapsed())
+}
+
+/// `total` entries per second of `took`.
+pub(crate) fn rate(total: usize, took: Duration) -> f64 {
+    total as f64 / took.as_secs_f64()
+}
+
+/// Thousands separators: 69000 -> "69,000".
+pub(crate) fn thousands(n: f64) -> String {
+    let s = format!("{:.0}", n.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The median of `samples` (sorted in place).
+pub(crate) fn median(samples: &mut [Duration]) -> Duration {
+    percentile(samples, 50.0)
+}
+
+/// The `p`-th percentile of `samples` (nearest rank; sorts in place).
+pub(crate) fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+/// Milliseconds with two decimals.
+pub(crate) fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// The figure for the machine line of every note.
+pub(crate) fn load_note() -> String {
+    match std::fs::read_to_string("/proc/loadavg") {
+        Ok(s) => format!("load {}", s.split_whitespace().next().unwrap_or("?")),
+        Err(_) => String::new(),
+    }
+}

@@ -1,0 +1,222 @@
+//! Drains a PostgreSQL backlog through `outbox_core::NoopPublisher` with 1, 2 and 4 relays
+//! (each relay on its own pool, `Relay::run_once` in a spawned task), and, in the same run on the
+//! same database, a hand-written naive loop doing the same work with the least SQL: one
+//! `UPDATE … SET status = 'processing' WHERE id IN (SELECT id … WHERE status = 'pending'
+//! ORDER BY created_at LIMIT n FOR UPDATE SKIP LOCKED) RETURNING …` per batch, then one
+//! `UPDATE … SET status = 'published' WHERE id = ANY($1)` per batch, on a plain table of the same
+//! shape with a partial index over pending rows.
+//!
+//! Every case gets a fresh table filled in SQL (`generate_series`), then `VACUUM ANALYZE`.
+//!
+//! Run: `cargo bench -p outbox-sqlx --bench pg_drain`. Sizes: `OUTBOX_BENCH_ENTRIES` (default
+//! 200000), `OUTBOX_BENCH_AGGREGATES` (default 1000), `OUTBOX_BENCH_RELAYS` (default `1,2,4`).
+//! Server: `OUTBOX_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{BenchResult, env_str, env_usize, load_note, pg_url, rate, redact, row, say, thousands, unique};
+use outbox_sqlx::{PgOutbox, PgStore, Tables};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+const COLUMNS: &str = "id uuid NOT NULL PRIMARY KEY, aggregate_type text NOT NULL, aggregate_id text NOT NULL, \
+     sequence bigint NOT NULL, event_type text NOT NULL, payload bytea NOT NULL, content_type text NOT NULL, \
+     headers jsonb NOT NULL, status text NOT NULL, attempts integer NOT NULL DEFAULT 0, \
+     created_at timestamptz NOT NULL, available_at timestamptz NOT NULL, published_at timestamptz, \
+     last_error text, lease_holder text, lease_expires_at timestamptz";
+
+async fn connect(max: u32) -> BenchResult<PgPool> {
+    let url = pg_url();
+    PgPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).connect(&url).await.map_err(
+        |e| {
+            format!(
+                "cannot reach PostgreSQL at {} ({e}); run `cargo xtask services up` (or set OUTBOX_TEST_POSTGRES_URL)",
+                redact(&url)
+            )
+            .into()
+        },
+    )
+}
+
+/// Fills `table` (adapter's columns) with `total` pending entries over `aggregates` aggregates,
+/// sequences 1.. per aggregate in id order, ~200-byte JSON payloads.
+async fn fill_entries(pool: &PgPool, table: &str, total: usize, aggregates: usize) -> BenchResult<()> {
+    let sql = format!(
+        r#"INSERT INTO "{table}" (id, aggregate_type, aggregate_id, sequence, event_type, payload, content_type,
+             headers, status, attempts, created_at, available_at)
+           SELECT lpad(to_hex(n), 32, '0')::uuid, 'order', 'o-' || (n % $2), n / $2 + 1, 'order.changed',
+             convert_to('{{"n":' || n || ',"pad":"' || repeat('x', 180 - length(n::text)) || '"}}', 'UTF8'),
+             'application/json', '[]'::jsonb, 'pending', 0,
+             now() - interval '1 hour' + n * interval '1 microsecond', now() - interval '1 hour'
+           FROM generate_series(0, $1 - 1) AS n"#
+    );
+    sqlx::query(&sql).bind(total as i64).bind(aggregates as i64).execute(pool).await?;
+    Ok(())
+}
+
+/// Builds the aggregates rows that writers would have left for the entries in `entries`.
+async fn fill_aggregates(pool: &PgPool, entries: &str, aggregates: &str) -> BenchResult<()> {
+    let sql = format!(
+        r#"INSERT INTO "{aggregates}" (aggregate_type, aggregate_id, next_sequence, unpublished, available_at)
+           SELECT aggregate_type, aggregate_id, max(sequence),
+             count(*) FILTER (WHERE status <> 'published'),
+             COALESCE(min(available_at) FILTER (WHERE status <> 'published'), '9999-12-31T00:00:00Z')
+           FROM "{entries}" GROUP BY aggregate_type, aggregate_id"#
+    );
+    sqlx::query(&sql).execute(pool).await?;
+    Ok(())
+}
+
+async fn vacuum(pool: &PgPool, tables: &[&str]) -> BenchResult<()> {
+    for t in tables {
+        sqlx::raw_sql(&format!(r#"VACUUM ANALYZE "{t}""#)).execute(pool).await?;
+    }
+    Ok(())
+}
+
+async fn drop_tables(pool: &PgPool, tables: &[&str]) -> BenchResult<()> {
+    for t in tables {
+        sqlx::raw_sql(&format!(r#"DROP TABLE IF EXISTS "{t}" CASCADE"#)).execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// The naive loop: one claiming UPDATE … RETURNING and one completing UPDATE per batch.
+async fn naive(admin: &PgPool, total: usize, aggregates: usize, batch: i64) -> BenchResult<Duration> {
+    let table = unique("bench_naive");
+    sqlx::raw_sql(&format!(
+        r#"CREATE TABLE "{table}" ({COLUMNS});
+           CREATE INDEX "{table}_pending" ON "{table}" (created_at) WHERE status = 'pending';"#
+    ))
+    .execute(admin)
+    .await?;
+    fill_entries(admin, &table, total, aggregates).await?;
+    vacuum(admin, &[&table]).await?;
+    let pool = connect(1).await?;
+    let claim = format!(
+        r#"UPDATE "{table}" SET status = 'processing' WHERE id IN (SELECT id FROM "{table}"
+             WHERE status = 'pending' ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+           RETURNING id, aggregate_type, aggregate_id, sequence, event_type, payload, content_type, headers::text"#
+    );
+    let complete = format!(r#"UPDATE "{table}" SET status = 'published', published_at = now() WHERE id = ANY($1)"#);
+    type Claimed = (Uuid, String, String, i64, String, Vec<u8>, String, String);
+    let started = Instant::now();
+    let mut done = 0;
+    loop {
+        let rows: Vec<Claimed> = sqlx::query_as(&claim).bind(batch).fetch_all(&pool).await?;
+        if rows.is_empty() {
+            break;
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+        sqlx::query(&complete).bind(&ids).execute(&pool).await?;
+        done += rows.len();
+    }
+    let took = started.elapsed();
+    pool.close().await;
+    if done != total {
+        return Err(format!("naive loop published {done} of {total}").into());
+    }
+    drop_tables(admin, &[&table]).await?;
+    Ok(took)
+}
+
+/// The adapter with `relays` relays, each on its own pool.
+async fn adapter(admin: &PgPool, total: usize, aggregates: usize, relays: usize) -> BenchResult<Duration> {
+    let name = unique("bench_drain");
+    let outbox = PgOutbox::new(Tables::new(name.clone())?);
+    outbox.migrate(admin).await?;
+    let agg_table = outbox.tables().aggregates_name();
+    fill_entries(admin, &name, total, aggregates).await?;
+    fill_aggregates(admin, &name, &agg_table).await?;
+    vacuum(admin, &[&name, &agg_table]).await?;
+    let mut stores: Vec<PgStore> = Vec::new();
+    for _ in 0..relays {
+        stores.push(outbox.store(connect(2).await?));
+    }
+    let pools: Vec<PgPool> = stores.iter().map(|s| s.pool().clone()).collect();
+    let took = common::drain(stores, total).await?;
+    for p in pools {
+        p.close().await;
+    }
+    // Everything published once, and per aggregate in sequence order (published_at never goes
+    // back as the sequence grows).
+    let (published, out_of_order): (i64, i64) = sqlx::query_as(&format!(
+        r#"SELECT count(*) FILTER (WHERE status = 'published'),
+             count(*) FILTER (WHERE published_at < prev)
+           FROM (SELECT status, published_at,
+                   lag(published_at) OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY sequence) AS prev
+                 FROM "{name}") x"#
+    ))
+    .fetch_one(admin)
+    .await?;
+    if published as usize != total || out_of_order != 0 {
+        return Err(format!(
+            "{relays} relay(s): {published} of {total} published, {out_of_order} published before an earlier entry"
+        )
+        .into());
+    }
+    drop_tables(admin, &[&name, &agg_table]).await?;
+    sqlx::raw_sql(&format!(r#"DROP FUNCTION IF EXISTS "{name}_notify"() CASCADE"#)).execute(admin).await?;
+    Ok(took)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> BenchResult<()> {
+    let total = env_usize("OUTBOX_BENCH_ENTRIES", 200_000);
+    let aggregates = env_usize("OUTBOX_BENCH_AGGREGATES", 1_000);
+    let relay_counts: Vec<usize> =
+        env_str("OUTBOX_BENCH_RELAYS", "1,2,4").split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let admin = connect(2).await?;
+    let size = format!("{} x 200 B, {} aggregates", thousands(total as f64), thousands(aggregates as f64));
+
+    say(format!("postgres naive loop, {size}"));
+    let naive_took = naive(&admin, total, aggregates, 1000).await?;
+    let naive_rate = rate(total, naive_took);
+    row(
+        "postgres",
+        &format!("naive SKIP LOCKED loop (UPDATE … RETURNING + UPDATE = ANY), {size}"),
+        format!("{naive_rate:.0}"),
+        "entries/s",
+        &format!("1 connection, batches of 1,000, no per-aggregate order; {}", load_note()),
+    );
+    let mut rates = Vec::new();
+    for &relays in &relay_counts {
+        say(format!("postgres adapter, {relays} relay(s), {size}"));
+        let took = adapter(&admin, total, aggregates, relays).await?;
+        let r = rate(total, took);
+        rates.push((relays, r));
+        row(
+            "postgres",
+            &format!("adapter drain, {relays} relay(s), no-op publisher, {size}"),
+            format!("{r:.0}"),
+            "entries/s",
+            &format!("batches of 1,000, 20 per aggregate, order kept (checked); {}", load_note()),
+        );
+    }
+    let of = |n: usize| rates.iter().find(|(k, _)| *k == n).map(|(_, r)| *r);
+    if let Some(one) = of(1) {
+        row(
+            "postgres",
+            "adapter 1 relay ÷ naive loop (target ≥ 1.5)",
+            format!("{:.2}", one / naive_rate),
+            "ratio",
+            &format!("adapter {}/s, naive {}/s, same run", thousands(one), thousands(naive_rate)),
+        );
+        for n in [2, 4] {
+            if let Some(r) = of(n) {
+                let target = if n == 2 { " (target ≥ 1.3)" } else { "" };
+                row(
+                    "postgres",
+                    &format!("adapter {n} relays ÷ 1 relay{target}"),
+                    format!("{:.2}", r / one),
+                    "ratio",
+                    &format!("{n} relays {}/s, 1 relay {}/s", thousands(r), thousands(one)),
+                );
+            }
+        }
+    }
+    admin.close().await;
+    Ok(())
+}
