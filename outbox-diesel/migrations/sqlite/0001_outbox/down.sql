@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS "outbox_aggregates";
+DROP TABLE IF EXISTS "outbox";
