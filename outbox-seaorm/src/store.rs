@@ -8,7 +8,9 @@ use outbox_core::{
     ClaimRequest, Completion, DeadPolicy, Entry, EntryId, Maintenance, Requeue, Result, Stats, Status, Store, Timestamp,
 };
 use sea_orm::sea_query::Value;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, IsolationLevel, TransactionTrait,
+};
 
 use crate::config::Tables;
 use crate::convert::{self, entry_columns, entry_from_row};
@@ -95,8 +97,11 @@ impl SeaStore {
         convert::id(self.backend, id)
     }
 
+    /// A transaction for the store's own work. On MySQL at `READ COMMITTED`: InnoDB then takes no
+    /// gap locks that would block writers, and each statement sees what committed before it.
     async fn begin(&self, what: &str) -> Result<DatabaseTransaction> {
-        self.db.begin().await.map_err(self.err(what))
+        let isolation = (self.backend == DbBackend::MySql).then_some(IsolationLevel::ReadCommitted);
+        self.db.begin_with_config(isolation, None).await.map_err(self.err(what))
     }
 
     // ---------------------------------------------------------------- claim
@@ -121,10 +126,9 @@ impl SeaStore {
         }
         if self.backend == DbBackend::Sqlite {
             // SQLite leased every aggregate it looked at; give back those the batch had no room for.
-            let untouched: Vec<&Key> = locked
-                .iter()
-                .filter(|k| !plan.leased.contains(k) && !plan.parked.iter().any(|(p, _)| p == *k))
-                .collect();
+            let seen: std::collections::HashSet<&Key> =
+                plan.leased.iter().chain(plan.parked.iter().map(|(k, _)| k)).collect();
+            let untouched: Vec<&Key> = locked.iter().filter(|k| !seen.contains(k)).collect();
             if !untouched.is_empty() {
                 let mut q = self.q("UPDATE {aggregates} SET lease_holder = NULL, lease_expires_at = NULL WHERE ");
                 q.push_keys("", untouched);

@@ -1,13 +1,13 @@
 //! One outbox, two libraries: entries written through SeaORM are drained by outbox-sqlx's store,
-//! entries written through outbox-sqlx by SeaStore, and both relays can drain one outbox at once,
-//! with per-aggregate order and exactly-once kept.
+//! entries written through outbox-sqlx by SeaStore, and relays of both libraries can drain one
+//! outbox at the same time, with per-aggregate order and exactly-once kept. On each database.
 
 use std::collections::{HashMap, HashSet};
 
 use outbox_core::{CollectingPublisher, Entry, EntryId, Maintenance, NewEntry, Relay, RelayConfig, Store, Timestamp};
 use sea_orm::sqlx;
 
-use crate::common::{Db, Fresh, fresh, postgres_url};
+use crate::common::{Db, Fresh, fresh};
 
 fn entry(aggregate: usize, n: usize) -> NewEntry {
     NewEntry::builder("interop", format!("agg-{aggregate}"), "interop.happened")
@@ -52,10 +52,70 @@ fn exactly_once_in_order(published: &[Entry], expected: &HashSet<EntryId>) {
     assert_eq!(&seen, expected, "published set differs from the committed set");
 }
 
-async fn sqlx_pg(f: &Fresh) -> (sqlx::PgPool, outbox_sqlx::PgOutbox) {
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&postgres_url()).await.unwrap();
-    let outbox = outbox_sqlx::PgOutbox::new(outbox_sqlx::Tables::new(f.tables.name()).unwrap());
-    (pool, outbox)
+/// outbox-sqlx on the same outbox as `f`.
+enum Sqlx {
+    Pg(sqlx::PgPool, outbox_sqlx::PgOutbox),
+    My(sqlx::MySqlPool, outbox_sqlx::MySqlOutbox),
+    Lite(sqlx::SqlitePool, outbox_sqlx::SqliteOutbox),
+}
+
+impl Sqlx {
+    async fn open(db: Db, f: &Fresh) -> Self {
+        let tables = outbox_sqlx::Tables::new(f.tables.name()).unwrap();
+        match db {
+            Db::Postgres => Sqlx::Pg(
+                sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&f.url).await.unwrap(),
+                outbox_sqlx::PgOutbox::new(tables),
+            ),
+            Db::MySql => Sqlx::My(
+                sqlx::mysql::MySqlPoolOptions::new().max_connections(4).connect(&f.url).await.unwrap(),
+                outbox_sqlx::MySqlOutbox::new(tables),
+            ),
+            Db::Sqlite => Sqlx::Lite(
+                sqlx::sqlite::SqlitePoolOptions::new().max_connections(4).connect(&f.url).await.unwrap(),
+                outbox_sqlx::SqliteOutbox::new(tables),
+            ),
+        }
+    }
+
+    /// Runs outbox-sqlx's migration on tables outbox-seaorm created: it adopts them.
+    async fn migrate(&self) {
+        match self {
+            Sqlx::Pg(p, o) => o.migrate(p).await.unwrap(),
+            Sqlx::My(p, o) => o.migrate(p).await.unwrap(),
+            Sqlx::Lite(p, o) => o.migrate(p).await.unwrap(),
+        }
+    }
+
+    /// Writes a batch in one sqlx transaction, as a batch or one entry at a time.
+    async fn write(&self, batch: &[NewEntry], one_by_one: bool) {
+        macro_rules! write {
+            ($pool:expr, $outbox:expr) => {{
+                let mut tx = $pool.begin().await.unwrap();
+                if one_by_one {
+                    for e in batch {
+                        $outbox.enqueue(&mut *tx, e).await.unwrap();
+                    }
+                } else {
+                    $outbox.enqueue_batch(&mut *tx, batch).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }};
+        }
+        match self {
+            Sqlx::Pg(p, o) => write!(p, o),
+            Sqlx::My(p, o) => write!(p, o),
+            Sqlx::Lite(p, o) => write!(p, o),
+        }
+    }
+
+    async fn drain(&self, publisher: CollectingPublisher) {
+        match self {
+            Sqlx::Pg(p, o) => drain(o.store(p.clone()), publisher).await,
+            Sqlx::My(p, o) => drain(o.store(p.clone()), publisher).await,
+            Sqlx::Lite(p, o) => drain(o.store(p.clone()), publisher).await,
+        }
+    }
 }
 
 async fn assert_all_published(f: &Fresh, total: u64) {
@@ -63,39 +123,28 @@ async fn assert_all_published(f: &Fresh, total: u64) {
     assert_eq!((stats.published, stats.pending, stats.processing), (total, 0, 0), "{stats:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_seaorm_writes_are_drained_by_sqlx() {
-    let f = fresh(Db::Postgres, "sea_interop").await;
+async fn seaorm_writes_are_drained_by_sqlx(db: Db) {
+    let f = fresh(db, "sea_interop").await;
     let mut expected = HashSet::new();
     for batch in batches(6, 20) {
         expected.extend(batch.iter().map(NewEntry::id));
         f.write(&batch, true).await.unwrap();
     }
     f.write(&[entry(0, 99)], false).await.unwrap(); // rolled back: never published
-    let (pool, outbox) = sqlx_pg(&f).await;
     let publisher = CollectingPublisher::new();
-    drain(outbox.store(pool), publisher.clone()).await;
+    Sqlx::open(db, &f).await.drain(publisher.clone()).await;
     exactly_once_in_order(&publisher.published(), &expected);
     assert_all_published(&f, expected.len() as u64).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_sqlx_writes_are_drained_by_seaorm() {
-    let f = fresh(Db::Postgres, "sea_interop").await;
-    let (pool, outbox) = sqlx_pg(&f).await;
-    outbox.migrate(&pool).await.unwrap(); // adopts the tables: same schema, idempotent
+async fn sqlx_writes_are_drained_by_seaorm(db: Db) {
+    let f = fresh(db, "sea_interop").await;
+    let sqlx = Sqlx::open(db, &f).await;
+    sqlx.migrate().await;
     let mut expected = HashSet::new();
     for (i, batch) in batches(6, 20).into_iter().enumerate() {
         expected.extend(batch.iter().map(NewEntry::id));
-        let mut tx = pool.begin().await.unwrap();
-        if i % 2 == 0 {
-            outbox.enqueue_batch(&mut tx, &batch).await.unwrap();
-        } else {
-            for e in &batch {
-                outbox.enqueue(&mut tx, e).await.unwrap();
-            }
-        }
-        tx.commit().await.unwrap();
+        sqlx.write(&batch, i % 2 == 1).await;
     }
     let publisher = CollectingPublisher::new();
     drain(f.store(), publisher.clone()).await;
@@ -106,26 +155,67 @@ async fn postgres_sqlx_writes_are_drained_by_seaorm() {
 /// Writers of both libraries on the same aggregates, then a SeaORM relay and a sqlx relay
 /// draining at the same time into one publisher: sequences continue across libraries, and every
 /// entry goes out once, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_mixed_writers_and_concurrent_relays_of_both_libraries() {
-    let f = fresh(Db::Postgres, "sea_interop").await;
-    let (pool, outbox) = sqlx_pg(&f).await;
+async fn mixed_writers_and_concurrent_relays(db: Db) {
+    let f = fresh(db, "sea_interop").await;
+    let sqlx = Sqlx::open(db, &f).await;
     let mut expected = HashSet::new();
     for (i, batch) in batches(8, 40).into_iter().enumerate() {
         expected.extend(batch.iter().map(NewEntry::id));
         if i % 2 == 0 {
             f.write(&batch, true).await.unwrap();
         } else {
-            let mut tx = pool.begin().await.unwrap();
-            outbox.enqueue_batch(&mut tx, &batch).await.unwrap();
-            tx.commit().await.unwrap();
+            sqlx.write(&batch, false).await;
         }
     }
     let publisher = CollectingPublisher::new();
     let sea = tokio::spawn(drain(f.store(), publisher.clone()));
-    let sqlx_relay = tokio::spawn(drain(outbox.store(pool), publisher.clone()));
+    sqlx.drain(publisher.clone()).await;
     sea.await.unwrap();
-    sqlx_relay.await.unwrap();
     exactly_once_in_order(&publisher.published(), &expected);
     assert_all_published(&f, expected.len() as u64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_seaorm_writes_are_drained_by_sqlx() {
+    seaorm_writes_are_drained_by_sqlx(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sqlx_writes_are_drained_by_seaorm() {
+    sqlx_writes_are_drained_by_seaorm(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_mixed_writers_and_concurrent_relays_of_both_libraries() {
+    mixed_writers_and_concurrent_relays(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_seaorm_writes_are_drained_by_sqlx() {
+    seaorm_writes_are_drained_by_sqlx(Db::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_sqlx_writes_are_drained_by_seaorm() {
+    sqlx_writes_are_drained_by_seaorm(Db::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_mixed_writers_and_concurrent_relays_of_both_libraries() {
+    mixed_writers_and_concurrent_relays(Db::MySql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_seaorm_writes_are_drained_by_sqlx() {
+    seaorm_writes_are_drained_by_sqlx(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sqlx_writes_are_drained_by_seaorm() {
+    sqlx_writes_are_drained_by_seaorm(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_mixed_writers_and_concurrent_relays_of_both_libraries() {
+    mixed_writers_and_concurrent_relays(Db::Sqlite).await;
 }

@@ -4,8 +4,8 @@
 //! `OUTBOX_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`). A server that cannot be
 //! reached fails the test with how to start it (`cargo xtask services up`).
 
-//TMP mod catalog;
+mod catalog;
 mod common;
 mod conformance;
-//TMP mod interop;
+mod interop;
 mod writer;
