@@ -134,6 +134,31 @@ async fn an_entry_the_server_rejects_fails_alone_matched_by_index() {
 }
 
 #[tokio::test]
+async fn a_throttled_entry_is_retryable_and_holds_back_only_its_aggregate() {
+    let bus = Bus::new("throttled").await;
+    let spy = Spy::default();
+    let publisher = EventBridgePublisher::new(spied_client(&bus.sdk, &spy), bus.config().build().unwrap());
+    // Aggregates c-0, c-1, c-2 take turns; entry 3 (c-0) is throttled in the first request.
+    let batch = numbered(25, "c");
+    spy.throttle.lock().unwrap().push(String::from_utf8(batch[3].payload.as_bytes().to_vec()).unwrap());
+    let outcomes = publisher.publish(&batch).await.unwrap();
+    let e = failure(&outcomes[3]);
+    assert_eq!((e.kind(), e.is_retryable()), (ErrorKind::Throttled, true), "{e}");
+    assert!(e.message().contains("ThrottlingException"), "{e}");
+    // Later c-0 entries of later requests are not sent; those in the same request were.
+    let held = [12, 15, 18, 21, 24];
+    for i in held {
+        let e = failure(&outcomes[i]);
+        assert!(e.is_retryable() && e.message().starts_with("not sent"), "entry {i}: {e}");
+        assert!(e.message().contains("order/c-0"), "entry {i}: {e}");
+    }
+    let mut not_published = vec![3];
+    not_published.extend(held);
+    assert_published(&outcomes, &not_published);
+    assert_eq!(spy.requests(), [10, 10], "the 15 entries after the first request minus 5 held back");
+}
+
+#[tokio::test]
 async fn an_oversized_entry_fails_alone_before_sending() {
     let bus = Bus::new("oversized").await;
     let spy = Spy::default();

@@ -13,10 +13,13 @@ use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use outbox_core::testkit::{Inbox, Received};
 use outbox_core::{Entry, EntryId, Error, ErrorKind, NewEntry, Result, Timestamp};
 use outbox_eventbridge::aws_config::{self, BehaviorVersion, SdkConfig};
-use outbox_eventbridge::aws_sdk_eventbridge::config::interceptors::BeforeSerializationInterceptorContextMut;
+use outbox_eventbridge::aws_sdk_eventbridge::config::interceptors::{
+    BeforeSerializationInterceptorContextMut, FinalizerInterceptorContextMut,
+};
 use outbox_eventbridge::aws_sdk_eventbridge::config::{ConfigBag, Credentials, Intercept, Region, RuntimeComponents};
 use outbox_eventbridge::aws_sdk_eventbridge::error::BoxError;
-use outbox_eventbridge::aws_sdk_eventbridge::operation::put_events::PutEventsInput;
+use outbox_eventbridge::aws_sdk_eventbridge::operation::put_events::{PutEventsInput, PutEventsOutput};
+use outbox_eventbridge::aws_sdk_eventbridge::types::PutEventsResultEntry;
 use outbox_eventbridge::aws_sdk_eventbridge::{self as eb};
 use outbox_eventbridge::{EventBridgeConfig, EventBridgeConfigBuilder};
 use serde_json::Value;
@@ -203,12 +206,16 @@ pub fn entry(aggregate: &str, sequence: i64, payload: &str) -> Entry {
     Entry::from_new(new, sequence, Timestamp::now())
 }
 
-/// Records the number of entries of every PutEvents request, and can corrupt the `Detail` of
-/// chosen entries (by their `Detail` text) on the way out, so the server rejects them.
+/// Records the number of entries of every PutEvents request; can corrupt the `Detail` of chosen
+/// entries (by their `Detail` text) on the way out, so the server rejects them; and can turn the
+/// server's answer for chosen entries into `ThrottlingException` (moto never throttles).
+/// Requests must be sequential (the publisher's are).
 #[derive(Clone, Debug, Default)]
 pub struct Spy {
     pub requests: Arc<Mutex<Vec<usize>>>,
     pub corrupt: Arc<Mutex<Vec<String>>>,
+    pub throttle: Arc<Mutex<Vec<String>>>,
+    throttling: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Spy {
@@ -232,10 +239,38 @@ impl Intercept for Spy {
             let entries = input.entries.get_or_insert_with(Vec::new);
             self.requests.lock().unwrap().push(entries.len());
             let corrupt = self.corrupt.lock().unwrap();
-            for e in entries.iter_mut() {
+            let throttle = self.throttle.lock().unwrap();
+            let mut throttling = self.throttling.lock().unwrap();
+            throttling.clear();
+            for (i, e) in entries.iter_mut().enumerate() {
                 if e.detail.as_ref().is_some_and(|d| corrupt.contains(d)) {
                     e.detail = Some("{corrupted in transit".to_string());
                 }
+                if e.detail.as_ref().is_some_and(|d| throttle.contains(d)) {
+                    throttling.push(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn modify_before_attempt_completion(
+        &self,
+        context: &mut FinalizerInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        let throttling = std::mem::take(&mut *self.throttling.lock().unwrap());
+        if let Some(Ok(output)) = context.output_or_error_mut()
+            && let Some(output) = output.downcast_mut::<PutEventsOutput>()
+            && let Some(results) = output.entries.as_mut()
+        {
+            for i in throttling {
+                results[i] = PutEventsResultEntry::builder()
+                    .error_code("ThrottlingException")
+                    .error_message("Rate exceeded")
+                    .build();
+                output.failed_entry_count += 1;
             }
         }
         Ok(())
