@@ -64,6 +64,10 @@
 //!
 //! The retryable/permanent table is in [`classify`].
 //!
+//! Requests of one batch go out one at a time (that is what keeps per-aggregate submission
+//! order); to have more requests in flight against a distant endpoint, raise the relay's
+//! `RelayConfig::max_in_flight`, which runs several batches at once.
+//!
 //! ## Order
 //! **EventBridge does not preserve order**, not even within one `PutEvents` request: consumers
 //! must tolerate events of one aggregate arriving out of order (e.g. by the `sequence` of the

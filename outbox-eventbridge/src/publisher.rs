@@ -18,7 +18,7 @@ use crate::mapping::prepare;
 /// [`request_entry_size`](crate::request_entry_size)), sent one after the other in batch order.
 /// Each entry gets its own outcome, matched by index with the response. See the crate docs for
 /// the field mapping, the ordering caveats and the error table.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EventBridgePublisher {
     client: Client,
     config: Arc<EventBridgeConfig>,
@@ -78,6 +78,13 @@ impl EventBridgePublisher {
             return Ok((0..sent).map(|_| retryable(ErrorKind::Unexpected, &message)).collect());
         }
         Ok(results.iter().map(classify::result_entry).collect())
+    }
+}
+
+impl std::fmt::Debug for EventBridgePublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client's configuration holds the credentials provider: leave it out.
+        f.debug_struct("EventBridgePublisher").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -199,4 +206,24 @@ fn held_back(entry: &Entry) -> Outcome {
             entry.aggregate_type, entry.aggregate_id
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_eventbridge::config::{Credentials, Region};
+
+    #[test]
+    fn debug_never_shows_credentials() {
+        let conf = aws_sdk_eventbridge::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDEXAMPLE", "very-secret-key", None, None, "test"))
+            .build();
+        let config = EventBridgeConfig::builder("com.example.orders").build().unwrap();
+        let publisher = EventBridgePublisher::new(Client::from_conf(conf), config);
+        let debug = format!("{publisher:?}");
+        assert!(!debug.contains("very-secret-key") && !debug.contains("AKIDEXAMPLE"), "{debug}");
+        assert!(debug.contains("com.example.orders"), "{debug}");
+    }
 }
