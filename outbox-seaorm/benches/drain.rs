@@ -90,7 +90,7 @@ async fn sqlx_pg_drain(url: &str, total: usize) -> Result<Duration, BoxError> {
     let all = entries(total)?;
     for chunk in all.chunks(WRITE_BATCH) {
         let mut tx = pool.begin().await?;
-        outbox.enqueue_batch(&mut *tx, chunk).await?;
+        outbox.enqueue_batch(&mut tx, chunk).await?;
         tx.commit().await?;
     }
     let result = drain(outbox.store(pool.clone()), total).await;

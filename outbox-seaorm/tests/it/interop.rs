@@ -94,10 +94,10 @@ impl Sqlx {
                 let mut tx = $pool.begin().await.unwrap();
                 if one_by_one {
                     for e in batch {
-                        $outbox.enqueue(&mut *tx, e).await.unwrap();
+                        $outbox.enqueue(&mut tx, e).await.unwrap();
                     }
                 } else {
-                    $outbox.enqueue_batch(&mut *tx, batch).await.unwrap();
+                    $outbox.enqueue_batch(&mut tx, batch).await.unwrap();
                 }
                 tx.commit().await.unwrap();
             }};

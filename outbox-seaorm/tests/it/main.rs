@@ -4,6 +4,9 @@
 //! `OUTBOX_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`). A server that cannot be
 //! reached fails the test with how to start it (`cargo xtask services up`).
 
+// Test helpers fail loudly: panicking on a broken setup is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod catalog;
 mod common;
 mod conformance;
