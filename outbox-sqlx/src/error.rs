@@ -9,6 +9,8 @@
 //! | unique violation while writing an entry | `Validation` ("duplicate entry id") | no |
 //! | anything else | `Unexpected` | no |
 
+#![cfg_attr(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")), allow(dead_code))]
+
 use outbox_core::{Error, ErrorKind};
 
 use crate::schema::MIGRATION_NAME;
@@ -142,4 +144,89 @@ pub(crate) fn bad_row(table: &str, detail: impl std::fmt::Display) -> Error {
              was it written by another tool? run the outbox-sqlx migration `{MIGRATION_NAME}`"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::error::Error as StdError;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fake {
+        code: &'static str,
+        message: &'static str,
+    }
+
+    impl std::fmt::Display for Fake {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.message)
+        }
+    }
+
+    impl StdError for Fake {}
+
+    impl sqlx::error::DatabaseError for Fake {
+        fn message(&self) -> &str {
+            self.message
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(self.code.into())
+        }
+        fn as_error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn StdError + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn StdError + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            if self.code == "2067" { sqlx::error::ErrorKind::UniqueViolation } else { sqlx::error::ErrorKind::Other }
+        }
+    }
+
+    fn kind(db: Db, code: &'static str, message: &'static str) -> (ErrorKind, bool) {
+        let e = map(db, "testing", "outbox", sqlx::Error::Database(Box::new(Fake { code, message })));
+        (e.kind(), e.is_retryable())
+    }
+
+    #[test]
+    fn postgres_codes() {
+        assert_eq!(kind(Db::Postgres, "40001", "could not serialize"), (ErrorKind::Conflict, true));
+        assert_eq!(kind(Db::Postgres, "40P01", "deadlock detected"), (ErrorKind::Conflict, true));
+        assert_eq!(kind(Db::Postgres, "42P01", "relation does not exist"), (ErrorKind::SchemaMismatch, false));
+        assert_eq!(kind(Db::Postgres, "57P01", "terminating connection"), (ErrorKind::Unavailable, true));
+        assert_eq!(kind(Db::Postgres, "08006", "connection failure"), (ErrorKind::Unavailable, true));
+        assert_eq!(kind(Db::Postgres, "23505", "duplicate key"), (ErrorKind::Validation, false));
+        assert_eq!(kind(Db::Postgres, "22P02", "invalid input"), (ErrorKind::Unexpected, false));
+    }
+
+    #[test]
+    fn sqlite_codes() {
+        assert_eq!(kind(Db::Sqlite, "5", "database is locked"), (ErrorKind::Conflict, true));
+        assert_eq!(kind(Db::Sqlite, "517", "busy snapshot"), (ErrorKind::Conflict, true));
+        assert_eq!(kind(Db::Sqlite, "1", "no such table: outbox"), (ErrorKind::SchemaMismatch, false));
+        assert_eq!(kind(Db::Sqlite, "2067", "UNIQUE constraint failed"), (ErrorKind::Validation, false));
+    }
+
+    #[test]
+    fn connection_errors_are_retryable_and_messages_say_what_to_do() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = map(Db::Postgres, "claiming entries", "outbox", sqlx::Error::Io(io));
+        assert_eq!((e.kind(), e.is_retryable()), (ErrorKind::Unavailable, true));
+        let e = map(Db::MySql, "claiming entries", "outbox", sqlx::Error::PoolTimedOut);
+        assert_eq!((e.kind(), e.is_retryable()), (ErrorKind::Unavailable, true));
+        let e = map(Db::MySql, "claiming entries", "outbox", sqlx::Error::PoolClosed);
+        assert!(!e.is_retryable());
+        let e = map(
+            Db::Postgres,
+            "enqueue",
+            "outbox",
+            sqlx::Error::Database(Box::new(Fake { code: "42P01", message: "x" })),
+        );
+        assert!(e.message().contains("run the outbox-sqlx migration `0001_outbox`"), "{e}");
+    }
 }

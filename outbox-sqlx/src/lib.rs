@@ -91,7 +91,7 @@
 //! same outbox then does not see that aggregate until then. Use one policy per outbox.
 //!
 //! ## Errors
-//! See [`error`](crate::error) for how sqlx errors map to `outbox_core::ErrorKind`: connection
+//! See [`error`] for how sqlx errors map to `outbox_core::ErrorKind`: connection
 //! loss, deadlocks and serialization failures are retryable; a missing table is a
 //! `SchemaMismatch` naming the migration to run.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -2,6 +2,8 @@
 //! aggregates a claim takes, which aggregates it leases or parks, and what a completion changes.
 //! Each database module runs the SQL; the rules live here once.
 
+#![cfg_attr(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")), allow(dead_code))]
+
 use std::collections::HashMap;
 
 use outbox_core::{

@@ -25,7 +25,7 @@ use outbox_core::{
     Status, Store, Timestamp, Wakeup,
 };
 use sqlx::Row;
-use sqlx::postgres::{PgConnection, PgListener, PgPool, PgRow};
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -35,6 +35,10 @@ use crate::convert::{from_datetime, to_datetime};
 use crate::error::{Db, map};
 use crate::plan::{self, Key, NEVER};
 use crate::schema::{self, Migration};
+
+/// Claims and completions read what committed before their locks were taken: each statement
+/// needs a fresh snapshot, whatever the server's default isolation is.
+const READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 const COLUMNS: &str = "id, aggregate_type, aggregate_id, sequence, event_type, payload, content_type, headers::text, \
      status, attempts, created_at, available_at, published_at, last_error, lease_holder, lease_expires_at";
@@ -423,11 +427,14 @@ impl PgStore {
     /// interval later. Pass the relay's handle ([`outbox_core::Relay::wakeup`]).
     ///
     /// The task holds one connection of its own (opened with the pool's options, not taken from
-    /// it). When the connection drops it wakes the relay (notifications may have been missed;
+    /// the pool). When the connection drops it wakes the relay (notifications may have been missed;
     /// the relay keeps polling meanwhile) and listens again with back-off (100 ms doubling to
     /// 5 s). It stops when the returned [`Listener`] is dropped or stopped. Needs a tokio runtime.
     pub fn listen(&self, wakeup: Wakeup) -> Listener {
-        let pool = self.pool.clone();
+        // A pool of one connection of its own, so listening never takes a connection the relay
+        // or the application needs.
+        let pool =
+            PgPoolOptions::new().max_connections(1).connect_lazy_with(self.pool.connect_options().as_ref().clone());
         let channel = self.outbox.channel().to_string();
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
@@ -441,8 +448,8 @@ impl PgStore {
                             loop {
                                 match listener.try_recv().await {
                                     Ok(Some(_)) => wakeup.wake(),
-                                    // The connection dropped; the next try_recv reconnects and
-                                    // listens again. Notifications in between may be lost.
+                                    // The connection dropped and was re-established (LISTEN
+                                    // again); notifications in between may be lost: poll once.
                                     Ok(None) => wakeup.wake(),
                                     Err(_) => break,
                                 }
@@ -452,6 +459,7 @@ impl PgStore {
                     Err(sqlx::Error::PoolClosed) => return,
                     Err(_) => {}
                 }
+                // Cannot listen (server down?): the relay keeps polling; try again later.
                 wakeup.wake();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -490,7 +498,7 @@ impl Store for PgStore {
         let table = self.outbox.tables.name();
         let k = plan::aggregates_for(self.options.aggregates_per_claim, request);
         let now = to_datetime(request.now);
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(what, e))?;
+        let mut tx = self.pool.begin_with(READ_COMMITTED).await.map_err(|e| self.err(what, e))?;
         let locked: Vec<(String, String)> = sqlx::query_as(&sql.lock_aggregates)
             .bind(now)
             .bind(k as i64)
@@ -554,7 +562,7 @@ impl Store for PgStore {
             .chain(&completion.released)
             .map(|id| Uuid::from_u128(id.as_u128()))
             .collect();
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(what, e))?;
+        let mut tx = self.pool.begin_with(READ_COMMITTED).await.map_err(|e| self.err(what, e))?;
         sqlx::query(&sql.lock_for_completion)
             .bind(&all)
             .bind(&completion.holder)

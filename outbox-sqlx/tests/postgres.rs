@@ -298,7 +298,7 @@ async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
 /// A relay that polls only every 60 s publishes a committed entry at once because the commit's
 /// NOTIFY wakes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_on_commit_wakes_an_idle_relay() {
+async fn notify_on_commit_wakes_an_idle_relay_and_survives_a_dropped_listen_connection() {
     let (pool, outbox) = fresh_outbox("notify").await;
     let store = outbox.store(pool.clone());
     let claims = Arc::new(AtomicUsize::new(0));
@@ -311,15 +311,14 @@ async fn notify_on_commit_wakes_an_idle_relay() {
     let relay = Arc::new(Relay::new(Counting(store.clone(), claims.clone()), publisher.clone(), config).unwrap());
     let listener = store.listen(relay.wakeup());
     let channel = outbox.channel().to_string();
-    wait_until("the listener is connected", async || {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE query = $1")
-            .bind(format!("LISTEN \"{channel}\""))
-            .fetch_one(&pool)
+    let listening = async |pool: &PgPool| -> Vec<i32> {
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE query LIKE $1")
+            .bind(format!("LISTEN \"{channel}\"%"))
+            .fetch_all(pool)
             .await
-            .unwrap();
-        n > 0
-    })
-    .await;
+            .unwrap()
+    };
+    wait_until("the listener is connected", async || !listening(&pool).await.is_empty()).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = relay.clone();
     let task = tokio::spawn(async move {
@@ -341,6 +340,26 @@ async fn notify_on_commit_wakes_an_idle_relay() {
     wait_until("the entry is published", async || publisher.len() == 1).await;
     assert!(claims.load(Ordering::SeqCst) > before, "the relay claimed again because of the notification");
     assert_eq!(publisher.published()[0].id, e.id());
+
+    // Kill the listening connection: the task listens again and wake-ups keep working.
+    let old = listening(&pool).await;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1)")
+        .bind(&old)
+        .execute(&pool)
+        .await
+        .unwrap();
+    wait_until("the listener is connected again", async || {
+        let now = listening(&pool).await;
+        !now.is_empty() && now.iter().all(|p| !old.contains(p))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e2 = entry("wake", 1);
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &e2).await.unwrap();
+    tx.commit().await.unwrap();
+    wait_until("the second entry is published", async || publisher.len() == 2).await;
+    assert_eq!(publisher.published()[1].id, e2.id());
     assert!(listener.is_running());
     let _ = stop.send(());
     task.await.unwrap().unwrap();
