@@ -127,17 +127,20 @@ impl Bus {
     pub async fn receive(&self, count: usize, timeout: Duration) -> Vec<Event> {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
+        let mut wait = 1;
         while out.len() < count && Instant::now() < deadline {
             let answer = self
                 .sqs
                 .receive_message()
                 .queue_url(&self.queue_url)
                 .max_number_of_messages(10)
-                .wait_time_seconds(1)
+                .wait_time_seconds(wait)
                 .send()
                 .await
                 .expect("receive from the queue");
             let messages = answer.messages();
+            // Long-poll only when the queue looked empty.
+            wait = if messages.is_empty() { 1 } else { 0 };
             let mut deletes = Vec::new();
             for (i, m) in messages.iter().enumerate() {
                 let body: Value = serde_json::from_str(m.body().expect("a body")).expect("the body is JSON");
