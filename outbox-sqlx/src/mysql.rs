@@ -433,7 +433,7 @@ impl Store for MySqlStore {
                 rows.push(decode(table, &row)?);
             }
         }
-        let plan = plan::plan_claim(request, &locked, rows)?;
+        let plan = plan::plan_claim(request, &locked, rows, false)?;
         for chunk in plan.claimed.chunks(IN_CHUNK) {
             let text = format!(
                 "UPDATE {} SET status = '{}', lease_holder = ?, lease_expires_at = ? WHERE id IN ({})",

@@ -51,8 +51,14 @@ fn blocked_until(entry: &Entry, now: Timestamp) -> Option<Timestamp> {
 
 /// Plans a claim over `locked` aggregates (in the order they were locked) given `rows`: for each
 /// of them its first unpublished entries in sequence order (at most `max_per_aggregate`, dead
-/// ones left out under [`DeadPolicy::Skip`]).
-pub(crate) fn plan_claim(request: &ClaimRequest<'_>, locked: &[Key], rows: Vec<Entry>) -> Result<ClaimPlan, Error> {
+/// ones left out under [`DeadPolicy::Skip`]). `truncated` says the read stopped early (a row
+/// limit): an aggregate with no rows may then have entries, and is left alone rather than parked.
+pub(crate) fn plan_claim(
+    request: &ClaimRequest<'_>,
+    locked: &[Key],
+    rows: Vec<Entry>,
+    truncated: bool,
+) -> Result<ClaimPlan, Error> {
     let mut by_key: HashMap<Key, Vec<Entry>> = HashMap::with_capacity(locked.len());
     for row in rows {
         by_key.entry((row.aggregate_type.clone(), row.aggregate_id.clone())).or_default().push(row);
@@ -60,6 +66,9 @@ pub(crate) fn plan_claim(request: &ClaimRequest<'_>, locked: &[Key], rows: Vec<E
     let mut plan = ClaimPlan::default();
     for key in locked {
         let mut entries = by_key.remove(key).unwrap_or_default();
+        if entries.is_empty() && truncated {
+            continue;
+        }
         entries.sort_by_key(|e| e.sequence);
         let room = request.max_entries.saturating_sub(plan.claimed.len());
         if room == 0 {
@@ -99,6 +108,7 @@ pub(crate) fn plan_claim(request: &ClaimRequest<'_>, locked: &[Key], rows: Vec<E
     Ok(plan)
 }
 
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))] // PostgreSQL does it in SQL
 /// One aggregate's change on completion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AggregateChange {
@@ -110,6 +120,7 @@ pub(crate) struct AggregateChange {
     pub(crate) available_at: Timestamp,
 }
 
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))] // PostgreSQL does it in SQL
 /// A completion restricted to the entries the holder still holds.
 #[derive(Debug, Default)]
 pub(crate) struct CompletionPlan<'a> {
@@ -120,6 +131,7 @@ pub(crate) struct CompletionPlan<'a> {
     pub(crate) aggregates: Vec<AggregateChange>,
 }
 
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))] // PostgreSQL does it in SQL
 /// Plans a completion given `held`: the entries of the completion still held by its holder,
 /// with their aggregate (read after locking those aggregates).
 pub(crate) fn plan_completion<'a>(completion: &'a Completion, held: &HashMap<EntryId, Key>) -> CompletionPlan<'a> {
@@ -235,13 +247,13 @@ mod tests {
             stored("c", 2, Status::Pending, 0),
         ];
         let locked = vec![key("a"), key("b"), key("c"), key("d")];
-        let plan = plan_claim(&request(DeadPolicy::Block), &locked, rows.clone()).unwrap();
+        let plan = plan_claim(&request(DeadPolicy::Block), &locked, rows.clone(), false).unwrap();
         let got: Vec<(String, i64)> = plan.claimed.iter().map(|e| (e.aggregate_id.clone(), e.sequence)).collect();
         assert_eq!(got, [("a".to_string(), 1), ("a".to_string(), 2)]);
         assert!(plan.claimed.iter().all(|e| e.status == Status::Processing));
         assert_eq!(plan.leased, [key("a")]);
         assert_eq!(plan.parked, [(key("b"), Timestamp::from_micros(120)), (key("c"), NEVER), (key("d"), NEVER)]);
-        let skip = plan_claim(&request(DeadPolicy::Skip), &locked, rows).unwrap();
+        let skip = plan_claim(&request(DeadPolicy::Skip), &locked, rows, false).unwrap();
         assert!(skip.claimed.iter().any(|e| e.aggregate_id == "c" && e.sequence == 2));
     }
 
@@ -251,9 +263,20 @@ mod tests {
         let mut req = request(DeadPolicy::Block);
         req.max_entries = 2;
         let locked = vec![("t".to_string(), "a".to_string()), ("t".to_string(), "b".to_string())];
-        let plan = plan_claim(&req, &locked, rows).unwrap();
+        let plan = plan_claim(&req, &locked, rows, false).unwrap();
         assert_eq!(plan.claimed.len(), 2);
         assert!(plan.parked.is_empty());
+    }
+
+    #[test]
+    fn a_truncated_read_leaves_aggregates_without_rows_alone() {
+        let locked = vec![("t".to_string(), "a".to_string()), ("t".to_string(), "b".to_string())];
+        let rows = vec![stored("a", 1, Status::Pending, 0)];
+        let plan = plan_claim(&request(DeadPolicy::Block), &locked, rows.clone(), true).unwrap();
+        assert_eq!(plan.claimed.len(), 1);
+        assert!(plan.parked.is_empty(), "b may have entries beyond the row limit: {:?}", plan.parked);
+        let plan = plan_claim(&request(DeadPolicy::Block), &locked, rows, false).unwrap();
+        assert_eq!(plan.parked, [(locked[1].clone(), NEVER)]);
     }
 
     #[test]

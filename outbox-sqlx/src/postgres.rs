@@ -52,7 +52,6 @@ struct Sql {
     read_heads: String,
     mark_claimed: String,
     lock_for_completion: String,
-    held: String,
     complete: String,
     purge: String,
     stats: String,
@@ -114,10 +113,10 @@ impl Sql {
                  AND (lease_expires_at IS NULL OR lease_expires_at <= $1) \
                  ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED"),
             read_heads: r(&format!(
-                "SELECT e.* FROM unnest($1::text[], $2::text[]) AS k(t, i) CROSS JOIN LATERAL ( \
+                "SELECT e.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, ord) CROSS JOIN LATERAL ( \
                  SELECT {COLUMNS} FROM {{entries}} x WHERE x.aggregate_type = k.t AND x.aggregate_id = k.i \
                  AND x.status <> '{published}' AND ($3 OR x.status <> '{dead}') \
-                 ORDER BY x.sequence LIMIT $4) e"
+                 ORDER BY x.sequence LIMIT $4) e ORDER BY k.ord, e.sequence LIMIT $5"
             )),
             mark_claimed: r(&format!(
                 "WITH c AS (UPDATE {{entries}} SET status = '{processing}', lease_holder = $1, lease_expires_at = $2 \
@@ -133,29 +132,34 @@ impl Sql {
                  WHERE (a.aggregate_type, a.aggregate_id) IN (SELECT e.aggregate_type, e.aggregate_id \
                  FROM {entries} e WHERE e.id = ANY($1) AND e.lease_holder = $2) \
                  ORDER BY a.aggregate_type, a.aggregate_id FOR UPDATE"),
-            held: r(&format!(
-                "SELECT id, aggregate_type, aggregate_id FROM {{entries}} \
-                 WHERE id = ANY($1) AND lease_holder = $2 AND status = '{processing}'"
-            )),
             complete: r(&format!(
                 "WITH pub AS (UPDATE {{entries}} SET status = '{published}', published_at = $3, \
-                 lease_holder = NULL, lease_expires_at = NULL WHERE id = ANY($1) AND lease_holder = $2), \
+                 lease_holder = NULL, lease_expires_at = NULL \
+                 WHERE id = ANY($1) AND lease_holder = $2 AND status = '{processing}' \
+                 RETURNING aggregate_type, aggregate_id), \
                  retry AS (UPDATE {{entries}} e SET status = '{failed}', attempts = e.attempts + 1, available_at = r.at, \
                  last_error = r.err, lease_holder = NULL, lease_expires_at = NULL \
                  FROM unnest($4::uuid[], $5::timestamptz[], $6::text[]) AS r(id, at, err) \
-                 WHERE e.id = r.id AND e.lease_holder = $2), \
+                 WHERE e.id = r.id AND e.lease_holder = $2 AND e.status = '{processing}' \
+                 RETURNING e.aggregate_type, e.aggregate_id, r.at), \
                  dead AS (UPDATE {{entries}} e SET status = '{dead}', attempts = e.attempts + 1, last_error = r.err, \
                  lease_holder = NULL, lease_expires_at = NULL FROM unnest($7::uuid[], $8::text[]) AS r(id, err) \
-                 WHERE e.id = r.id AND e.lease_holder = $2), \
+                 WHERE e.id = r.id AND e.lease_holder = $2 AND e.status = '{processing}' \
+                 RETURNING e.aggregate_type, e.aggregate_id), \
                  rel AS (UPDATE {{entries}} SET status = '{pending}', lease_holder = NULL, lease_expires_at = NULL \
-                 WHERE id = ANY($9) AND lease_holder = $2) \
+                 WHERE id = ANY($9) AND lease_holder = $2 AND status = '{processing}' \
+                 RETURNING aggregate_type, aggregate_id), \
+                 k AS (SELECT t, i, sum(p) AS n, min(at) AS at FROM ( \
+                 SELECT aggregate_type AS t, aggregate_id AS i, 1 AS p, NULL::timestamptz AS at FROM pub \
+                 UNION ALL SELECT aggregate_type, aggregate_id, 0, at FROM retry \
+                 UNION ALL SELECT aggregate_type, aggregate_id, 0, NULL FROM dead \
+                 UNION ALL SELECT aggregate_type, aggregate_id, 0, NULL FROM rel) x GROUP BY t, i) \
                  UPDATE {{aggregates}} a SET unpublished = a.unpublished - k.n, \
-                 available_at = CASE WHEN a.unpublished - k.n <= 0 THEN $13 \
-                 WHEN a.lease_holder = $2 THEN k.at ELSE a.available_at END, \
+                 available_at = CASE WHEN a.unpublished - k.n <= 0 THEN $10 \
+                 WHEN a.lease_holder = $2 THEN COALESCE(k.at, $3) ELSE a.available_at END, \
                  lease_holder = CASE WHEN a.lease_holder = $2 THEN NULL ELSE a.lease_holder END, \
                  lease_expires_at = CASE WHEN a.lease_holder = $2 THEN NULL ELSE a.lease_expires_at END \
-                 FROM unnest($10::text[], $11::text[], $12::int8[], $14::timestamptz[]) AS k(t, i, n, at) \
-                 WHERE a.aggregate_type = k.t AND a.aggregate_id = k.i"
+                 FROM k WHERE a.aggregate_type = k.t AND a.aggregate_id = k.i"
             )),
             purge: r(&format!(
                 "DELETE FROM {{entries}} WHERE id IN (SELECT id FROM {{entries}} \
@@ -510,16 +514,20 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let (types, ids): (Vec<&str>, Vec<&str>) = locked.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+        let limit = i64::try_from(request.max_entries).unwrap_or(i64::MAX);
         let rows = sqlx::query(&sql.read_heads)
             .bind(&types)
             .bind(&ids)
             .bind(request.on_dead == DeadPolicy::Block)
             .bind(request.max_per_aggregate as i64)
+            .bind(limit)
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err(what, e))?;
+        // Reading stops after a batch's worth of rows: aggregates cut off entirely are left alone.
+        let truncated = rows.len() as i64 >= limit;
         let rows = rows.iter().map(|r| decode(table, r)).collect::<Result<Vec<_>>>()?;
-        let plan = plan::plan_claim(request, &locked, rows)?;
+        let plan = plan::plan_claim(request, &locked, rows, truncated)?;
         let claimed_ids: Vec<Uuid> = plan.claimed.iter().map(|e| Uuid::from_u128(e.id.as_u128())).collect();
         let mut a_types = Vec::new();
         let mut a_ids = Vec::new();
@@ -563,37 +571,27 @@ impl Store for PgStore {
             .map(|id| Uuid::from_u128(id.as_u128()))
             .collect();
         let mut tx = self.pool.begin_with(READ_COMMITTED).await.map_err(|e| self.err(what, e))?;
-        sqlx::query(&sql.lock_for_completion)
-            .bind(&all)
-            .bind(&completion.holder)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(what, e))?;
-        let held_rows: Vec<(Uuid, String, String)> = sqlx::query_as(&sql.held)
+        let locked = sqlx::query(&sql.lock_for_completion)
             .bind(&all)
             .bind(&completion.holder)
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.err(what, e))?;
-        if held_rows.is_empty() {
+        if locked.is_empty() {
+            // The holder holds nothing any more (its lease lapsed and others took over).
             tx.rollback().await.map_err(|e| self.err(what, e))?;
             return Ok(());
         }
-        let held: HashMap<EntryId, Key> =
-            held_rows.into_iter().map(|(id, t, i)| (EntryId::from_u128(id.as_u128()), (t, i))).collect();
-        let plan = plan::plan_completion(completion, &held);
         let uuid = |id: &EntryId| Uuid::from_u128(id.as_u128());
-        let published: Vec<Uuid> = plan.published.iter().map(uuid).collect();
-        let retry_ids: Vec<Uuid> = plan.retry.iter().map(|r| uuid(&r.id)).collect();
-        let retry_at: Vec<OffsetDateTime> = plan.retry.iter().map(|r| to_datetime(r.at)).collect();
-        let retry_err: Vec<&str> = plan.retry.iter().map(|r| r.error.as_str()).collect();
-        let dead_ids: Vec<Uuid> = plan.dead.iter().map(|d| uuid(&d.id)).collect();
-        let dead_err: Vec<&str> = plan.dead.iter().map(|d| d.error.as_str()).collect();
-        let released: Vec<Uuid> = plan.released.iter().map(uuid).collect();
-        let a_types: Vec<&str> = plan.aggregates.iter().map(|a| a.key.0.as_str()).collect();
-        let a_ids: Vec<&str> = plan.aggregates.iter().map(|a| a.key.1.as_str()).collect();
-        let a_n: Vec<i64> = plan.aggregates.iter().map(|a| a.published).collect();
-        let a_at: Vec<OffsetDateTime> = plan.aggregates.iter().map(|a| to_datetime(a.available_at)).collect();
+        let published: Vec<Uuid> = completion.published.iter().map(uuid).collect();
+        let retry_ids: Vec<Uuid> = completion.retry.iter().map(|r| uuid(&r.id)).collect();
+        let retry_at: Vec<OffsetDateTime> = completion.retry.iter().map(|r| to_datetime(r.at)).collect();
+        let retry_err: Vec<&str> = completion.retry.iter().map(|r| r.error.as_str()).collect();
+        let dead_ids: Vec<Uuid> = completion.dead.iter().map(|d| uuid(&d.id)).collect();
+        let dead_err: Vec<&str> = completion.dead.iter().map(|d| d.error.as_str()).collect();
+        let released: Vec<Uuid> = completion.released.iter().map(uuid).collect();
+        // Entries no longer held by the holder are left alone by the statement's own conditions;
+        // the aggregates' counts come from the rows it actually changed.
         sqlx::query(&sql.complete)
             .bind(&published)
             .bind(&completion.holder)
@@ -604,11 +602,7 @@ impl Store for PgStore {
             .bind(&dead_ids)
             .bind(&dead_err)
             .bind(&released)
-            .bind(&a_types)
-            .bind(&a_ids)
-            .bind(&a_n)
             .bind(to_datetime(NEVER))
-            .bind(&a_at)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.err(what, e))?;

@@ -354,7 +354,7 @@ impl Store for SqliteStore {
                 rows.push(decode(table, &row)?);
             }
         }
-        let plan = plan::plan_claim(request, &locked, rows)?;
+        let plan = plan::plan_claim(request, &locked, rows, false)?;
         let ids: Vec<EntryId> = plan.claimed.iter().map(|e| e.id).collect();
         let until = request.lease_until.as_micros();
         self.update_ids(
