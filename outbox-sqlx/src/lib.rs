@@ -90,6 +90,32 @@
 //! entry is dead until a write or requeue touches it; a relay with `DeadPolicy::Skip` on the
 //! same outbox then does not see that aggregate until then. Use one policy per outbox.
 //!
+//! ## Decisions (and why)
+//! - **Aggregates table.** Relays claim aggregates, not entries, so an aggregate belongs to one
+//!   batch at a time (order across relays) and claims walk per-aggregate index ranges instead
+//!   of every unpublished row. `available_at` on the aggregate ("don't visit before") keeps
+//!   aggregates blocked by a delayed, retrying or dead entry out of the claim's range, so they
+//!   never starve the others; an aggregate with nothing unpublished gets 9999-12-31 and leaves
+//!   the range too, so idle aggregates cost nothing.
+//! - **Retries and delays** live on the entry (`available_at`) and are mirrored on its
+//!   aggregate (the earliest retry, or the delayed first entry's time), so nothing polls them.
+//! - **Dead entries**: under `DeadPolicy::Block` a dead first entry parks its aggregate until a
+//!   write or a requeue touches it; under `Skip` claims read past dead rows.
+//! - **Times**: `now`, `lease_until`, retry times and publish times come from the relay's
+//!   requests (its clock), never from the database clock, so tests can move time and relays on
+//!   several hosts agree with what the relay decided. `created_at` is the writer host's clock.
+//! - **Aggregate rows are kept** when entries are purged: they hold the last sequence given out,
+//!   so sequences never restart.
+//! - **Isolation**: claims and completions pick `READ COMMITTED` themselves (PostgreSQL:
+//!   `BEGIN ISOLATION LEVEL READ COMMITTED`; MySQL: `SET TRANSACTION …` before each); the
+//!   application's transactions keep whatever level it uses.
+//! - **MySQL collation**: the tables use `utf8mb4_bin`, so aggregate ids compare byte for byte
+//!   (`"A"` and `"a"` are two aggregates), as in PostgreSQL and SQLite.
+//! - **Names**: a table name is at most 48 bytes so that derived index, trigger and aggregates
+//!   table names fit PostgreSQL's 63-byte limit; the NOTIFY channel is the table name.
+//! - **LISTEN** runs on a dedicated connection (a one-connection pool built from the store's
+//!   pool options), so it never takes a connection from the relay or the application.
+//!
 //! ## Errors
 //! See [`error`] for how sqlx errors map to `outbox_core::ErrorKind`: connection
 //! loss, deadlocks and serialization failures are retryable; a missing table is a

@@ -11,9 +11,13 @@
 //!   `FOR UPDATE SKIP LOCKED` (so relays never wait on each other), read each one's first
 //!   `max_per_aggregate` unpublished entries through the partial index (`LATERAL`), take the due
 //!   prefix, mark it processing and lease the aggregates in one statement.
-//! - **Complete**: one short transaction: lock the batch's aggregates, read which entries the
-//!   holder still holds, then one statement updates every status group (`= ANY($1)` / `unnest`)
-//!   and releases the aggregates and their unpublished counts.
+//! - **Complete**: one short transaction: lock the batch's aggregates, then ONE statement updates
+//!   every status group (`= ANY($1)` / `unnest`, each only where the holder still holds the
+//!   entry) and, from the rows those updates returned, lowers the aggregates' unpublished counts
+//!   and releases their leases.
+//!
+//! Claims and completions run at `READ COMMITTED` whatever the server default: their second
+//! statement must see what committed before their locks were taken.
 
 use std::collections::HashMap;
 use std::fmt;
