@@ -246,3 +246,10 @@ async fn four_relays_with_separate_pools_publish_each_entry_once_in_order() {
     let stats = outbox.store(pool).stats(Timestamp::now()).await.unwrap();
     assert_eq!((stats.published, stats.pending, stats.processing), (total as u64, 0, 0));
 }
+
+#[tokio::test]
+async fn requeue_all_brings_back_every_dead_entry() {
+    let (pool, outbox) = fresh_outbox("requeue").await;
+    let h = MySqlHarness { store: outbox.store(pool.clone()), pool };
+    common::requeue_all_brings_back_every_dead_entry(&h).await;
+}

@@ -387,3 +387,10 @@ async fn rolled_back_write_does_not_notify() {
     let second = listener.recv().await.unwrap();
     assert_eq!(second.payload(), "marker", "exactly one notification per committed write, none for the rollback");
 }
+
+#[tokio::test]
+async fn requeue_all_brings_back_every_dead_entry() {
+    let (pool, outbox) = fresh_outbox("requeue").await;
+    let h = PgHarness { store: outbox.store(pool.clone()), pool };
+    common::requeue_all_brings_back_every_dead_entry(&h).await;
+}

@@ -174,3 +174,9 @@ async fn duplicate_id_is_a_validation_error_and_migrate_is_idempotent() {
     assert!(err.to_string().contains("duplicate entry id"), "{err}");
     assert_eq!(h.store.stats(Timestamp::now()).await.unwrap().pending, 1);
 }
+
+#[tokio::test]
+async fn requeue_all_brings_back_every_dead_entry() {
+    let h = file_harness().await;
+    common::requeue_all_brings_back_every_dead_entry(&h).await;
+}

@@ -69,3 +69,50 @@ impl Publisher for Shared {
         self.inner.publish(batch).await
     }
 }
+
+/// Stats of an empty outbox are zero; dead entries of several aggregates all come back with
+/// `Requeue::All` and are claimable again, in order.
+pub async fn requeue_all_brings_back_every_dead_entry<H: outbox_core::testkit::Harness>(h: &H) {
+    use outbox_core::{ClaimRequest, Completion, Dead, DeadPolicy, Maintenance, Requeue, Stats, Store, Timestamp};
+    use std::time::Duration;
+
+    let store = h.store();
+    let now = Timestamp::now();
+    assert_eq!(store.stats(now).await.unwrap(), Stats::default(), "an empty outbox has empty stats");
+    let written = vec![entry("ra", 0), entry("rb", 0), entry("rb", 1)];
+    h.write(written.clone(), true).await.unwrap();
+    let now = Timestamp::now();
+    let request = |holder: &'static str| ClaimRequest {
+        holder,
+        now,
+        lease_until: now.saturating_add(Duration::from_secs(30)),
+        max_entries: 10,
+        max_per_aggregate: 10,
+        on_dead: DeadPolicy::Block,
+    };
+    let claimed = store.claim(&request("first")).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let dead = |e: &NewEntry| Dead { id: e.id(), error: "scripted".into() };
+    store
+        .complete(&Completion {
+            holder: "first".into(),
+            now,
+            dead: vec![dead(&written[0]), dead(&written[1])],
+            released: vec![written[2].id()],
+            ..Completion::default()
+        })
+        .await
+        .unwrap();
+    let stats = store.stats(now).await.unwrap();
+    assert_eq!((stats.dead, stats.pending), (2, 1), "{stats:?}");
+    assert!(store.claim(&request("blocked")).await.unwrap().is_empty(), "dead entries block their aggregates");
+    assert_eq!(store.requeue_dead(Requeue::All, now).await.unwrap(), 2);
+    let again: Vec<EntryId> = store.claim(&request("second")).await.unwrap().iter().map(|e| e.id).collect();
+    let mut want: Vec<EntryId> = written.iter().map(NewEntry::id).collect();
+    let mut got = again.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "every entry is claimable after requeue");
+    let rb: Vec<EntryId> = again.into_iter().filter(|id| *id != written[0].id()).collect();
+    assert_eq!(rb, [written[1].id(), written[2].id()], "aggregate rb comes back in order");
+}
