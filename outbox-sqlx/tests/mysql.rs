@@ -33,8 +33,23 @@ async fn connect(max: u32) -> MySqlPool {
     }
 }
 
+/// Drops this crate's test tables left over by runs over an hour ago.
+async fn drop_stale(pool: &MySqlPool) {
+    let tables: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT CAST(table_name AS BINARY) FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_name LIKE 'sx\\_%'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for t in tables.iter().map(|t| String::from_utf8_lossy(t).into_owned()).filter(|t| common::is_stale(t)) {
+        sqlx::query(&format!("DROP TABLE IF EXISTS `{t}`")).execute(pool).await.unwrap();
+    }
+}
+
 async fn fresh_outbox(prefix: &str) -> (MySqlPool, MySqlOutbox) {
     let pool = connect(5).await;
+    common::once_per_process(async || drop_stale(&pool).await).await;
     let outbox = MySqlOutbox::new(Tables::new(unique_table(prefix)).unwrap());
     outbox.migrate(&pool).await.unwrap();
     (pool, outbox)

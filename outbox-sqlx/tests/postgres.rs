@@ -35,8 +35,38 @@ async fn connect(max: u32) -> PgPool {
     }
 }
 
+/// Drops this crate's test tables, functions and schemas left over by runs over an hour ago.
+async fn drop_stale(pool: &PgPool) {
+    let like = r"sx\_%";
+    let tables: Vec<String> = sqlx::query_scalar("SELECT tablename FROM pg_tables WHERE tablename LIKE $1")
+        .bind(like)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    for t in tables.iter().filter(|t| common::is_stale(t)) {
+        sqlx::query(&format!("DROP TABLE IF EXISTS \"{t}\" CASCADE")).execute(pool).await.unwrap();
+    }
+    let functions: Vec<String> = sqlx::query_scalar("SELECT proname FROM pg_proc WHERE proname LIKE $1")
+        .bind(like)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    for f in functions.iter().filter(|f| common::is_stale(f)) {
+        sqlx::query(&format!("DROP FUNCTION IF EXISTS \"{f}\"()")).execute(pool).await.unwrap();
+    }
+    let schemas: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1")
+        .bind(like)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    for s in schemas.iter().filter(|s| common::is_stale(s)) {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE")).execute(pool).await.unwrap();
+    }
+}
+
 async fn fresh_outbox(prefix: &str) -> (PgPool, PgOutbox) {
     let pool = connect(5).await;
+    common::once_per_process(async || drop_stale(&pool).await).await;
     let outbox = PgOutbox::new(Tables::new(unique_table(prefix)).unwrap());
     outbox.migrate(&pool).await.unwrap();
     (pool, outbox)

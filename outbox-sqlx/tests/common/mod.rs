@@ -7,9 +7,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use outbox_core::{CollectingPublisher, Entry, EntryId, NewEntry, Outcome, Publisher};
 
-/// A table name no other test (or earlier run) uses.
+/// A table name no other test (or earlier run) uses: `sx_<prefix>_<unix seconds, hex>_<random>`,
+/// so [`is_stale`] can tell this crate's old test tables on a persistent server.
 pub fn unique_table(prefix: &str) -> String {
-    format!("{prefix}_{:x}", EntryId::generate().as_u128() & 0xffff_ffff_ffff_ffff)
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("sx_{prefix}_{secs:x}_{:08x}", EntryId::generate().as_u128() as u32)
+}
+
+/// Whether `name` (a table, schema or function) was made by [`unique_table`] over an hour ago:
+/// tests drop such leftovers so a persistent server does not fill up run after run.
+pub fn is_stale(name: &str) -> bool {
+    let mut parts = name.split('_');
+    let (Some("sx"), Some(_), Some(secs)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    u64::from_str_radix(secs, 16).is_ok_and(|t| t + 3600 < now)
+}
+
+/// Runs `cleanup` once per test process.
+pub async fn once_per_process(cleanup: impl AsyncFnOnce()) {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !DONE.swap(true, Ordering::SeqCst) {
+        cleanup().await;
+    }
 }
 
 /// The URL from `var`, or `default`.
