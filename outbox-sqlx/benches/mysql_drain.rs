@@ -70,7 +70,16 @@ fn placeholders(n: usize) -> String {
     s
 }
 
-async fn naive(admin: &MySqlPool, total: usize, aggregates: usize, batch: usize) -> BenchResult<Duration> {
+fn naive_split(batches: u32, claim: Duration, complete: Duration) -> String {
+    let n = f64::from(batches.max(1));
+    format!(
+        "per batch: claim {:.1} ms + complete {:.1} ms",
+        claim.as_secs_f64() * 1000.0 / n,
+        complete.as_secs_f64() * 1000.0 / n
+    )
+}
+
+async fn naive(admin: &MySqlPool, total: usize, aggregates: usize, batch: usize) -> BenchResult<(Duration, String)> {
     let table = unique("bench_naive");
     sqlx::raw_sql(&format!(
         "CREATE TABLE `{table}` ({COLUMNS}, KEY `{table}_pending` (status, created_at)) \
@@ -88,7 +97,9 @@ async fn naive(admin: &MySqlPool, total: usize, aggregates: usize, batch: usize)
     type Claimed = (Vec<u8>, String, String, i64, String, Vec<u8>, String, String);
     let started = Instant::now();
     let mut done = 0;
+    let (mut batches, mut claim_t, mut complete_t) = (0u32, Duration::ZERO, Duration::ZERO);
     loop {
+        let t0 = Instant::now();
         let mut tx = pool.begin().await?;
         let rows: Vec<Claimed> = sqlx::query_as(&select).bind(batch as i64).fetch_all(&mut *tx).await?;
         if rows.is_empty() {
@@ -103,6 +114,8 @@ async fn naive(admin: &MySqlPool, total: usize, aggregates: usize, batch: usize)
         }
         q.execute(&mut *tx).await?;
         tx.commit().await?;
+        claim_t += t0.elapsed();
+        let t1 = Instant::now();
         let sql =
             format!("UPDATE `{table}` SET status = 'published', published_at = UTC_TIMESTAMP(6) WHERE id IN ({marks})");
         let mut q = sqlx::query(&sql);
@@ -110,6 +123,8 @@ async fn naive(admin: &MySqlPool, total: usize, aggregates: usize, batch: usize)
             q = q.bind(&r.0);
         }
         q.execute(&pool).await?;
+        complete_t += t1.elapsed();
+        batches += 1;
         done += rows.len();
     }
     let took = started.elapsed();
@@ -118,10 +133,10 @@ async fn naive(admin: &MySqlPool, total: usize, aggregates: usize, batch: usize)
         return Err(format!("naive loop published {done} of {total}").into());
     }
     drop_tables(admin, &[&table]).await?;
-    Ok(took)
+    Ok((took, naive_split(batches, claim_t, complete_t)))
 }
 
-async fn adapter(admin: &MySqlPool, total: usize, aggregates: usize, relays: usize) -> BenchResult<Duration> {
+async fn adapter(admin: &MySqlPool, total: usize, aggregates: usize, relays: usize) -> BenchResult<(Duration, String)> {
     let name = unique("bench_drain");
     let outbox = MySqlOutbox::new(Tables::new(name.clone())?);
     outbox.migrate(admin).await?;
@@ -140,7 +155,7 @@ async fn adapter(admin: &MySqlPool, total: usize, aggregates: usize, relays: usi
         stores.push(outbox.store(connect(2).await?));
     }
     let pools: Vec<MySqlPool> = stores.iter().map(|s| s.pool().clone()).collect();
-    let took = common::drain(stores, total).await?;
+    let (took, split) = common::drain(stores, total).await?;
     for p in pools {
         p.close().await;
     }
@@ -159,7 +174,7 @@ async fn adapter(admin: &MySqlPool, total: usize, aggregates: usize, relays: usi
         .into());
     }
     drop_tables(admin, &[&name, &agg_table]).await?;
-    Ok(took)
+    Ok((took, split.describe()))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -173,25 +188,27 @@ async fn main() -> BenchResult<()> {
     let size = format!("{} x 200 B, {} aggregates", thousands(total as f64), thousands(aggregates as f64));
 
     say(format!("mysql ({version}) naive loop, {size}"));
-    let naive_rate = rate(total, naive(&admin, total, aggregates, 1000).await?);
+    let (naive_took, naive_split) = naive(&admin, total, aggregates, 1000).await?;
+    let naive_rate = rate(total, naive_took);
     row(
         "mariadb",
         &format!("naive SKIP LOCKED loop (SELECT … FOR UPDATE SKIP LOCKED + UPDATE IN, then UPDATE IN), {size}"),
         format!("{naive_rate:.0}"),
         "entries/s",
-        &format!("{version}; 1 connection, batches of 1,000, no per-aggregate order; {}", load_note()),
+        &format!("{version}; 1 connection, batches of 1,000, no per-aggregate order; {naive_split}; {}", load_note()),
     );
     let mut rates = Vec::new();
     for &relays in &relay_counts {
         say(format!("mysql adapter, {relays} relay(s), {size}"));
-        let r = rate(total, adapter(&admin, total, aggregates, relays).await?);
+        let (took, split) = adapter(&admin, total, aggregates, relays).await?;
+        let r = rate(total, took);
         rates.push((relays, r));
         row(
             "mariadb",
             &format!("adapter drain, {relays} relay(s), no-op publisher, {size}"),
             format!("{r:.0}"),
             "entries/s",
-            &format!("batches of 1,000, 20 per aggregate, order kept (checked); {}", load_note()),
+            &format!("batches of 1,000, 20 per aggregate, order kept (checked); {split}; {}", load_note()),
         );
     }
     let of = |n: usize| rates.iter().find(|(k, _)| *k == n).map(|(_, r)| *r);

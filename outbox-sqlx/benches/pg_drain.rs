@@ -84,7 +84,16 @@ async fn drop_tables(pool: &PgPool, tables: &[&str]) -> BenchResult<()> {
 }
 
 /// The naive loop: one claiming UPDATE … RETURNING and one completing UPDATE per batch.
-async fn naive(admin: &PgPool, total: usize, aggregates: usize, batch: i64) -> BenchResult<Duration> {
+fn naive_split(batches: u32, claim: Duration, complete: Duration) -> String {
+    let n = f64::from(batches.max(1));
+    format!(
+        "per batch: claim {:.1} ms + complete {:.1} ms",
+        claim.as_secs_f64() * 1000.0 / n,
+        complete.as_secs_f64() * 1000.0 / n
+    )
+}
+
+async fn naive(admin: &PgPool, total: usize, aggregates: usize, batch: i64) -> BenchResult<(Duration, String)> {
     let table = unique("bench_naive");
     sqlx::raw_sql(&format!(
         r#"CREATE TABLE "{table}" ({COLUMNS});
@@ -104,13 +113,19 @@ async fn naive(admin: &PgPool, total: usize, aggregates: usize, batch: i64) -> B
     type Claimed = (Uuid, String, String, i64, String, Vec<u8>, String, String);
     let started = Instant::now();
     let mut done = 0;
+    let (mut batches, mut claim_t, mut complete_t) = (0u32, Duration::ZERO, Duration::ZERO);
     loop {
+        let t0 = Instant::now();
         let rows: Vec<Claimed> = sqlx::query_as(&claim).bind(batch).fetch_all(&pool).await?;
         if rows.is_empty() {
             break;
         }
+        claim_t += t0.elapsed();
+        let t1 = Instant::now();
         let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
         sqlx::query(&complete).bind(&ids).execute(&pool).await?;
+        complete_t += t1.elapsed();
+        batches += 1;
         done += rows.len();
     }
     let took = started.elapsed();
@@ -119,11 +134,11 @@ async fn naive(admin: &PgPool, total: usize, aggregates: usize, batch: i64) -> B
         return Err(format!("naive loop published {done} of {total}").into());
     }
     drop_tables(admin, &[&table]).await?;
-    Ok(took)
+    Ok((took, naive_split(batches, claim_t, complete_t)))
 }
 
 /// The adapter with `relays` relays, each on its own pool.
-async fn adapter(admin: &PgPool, total: usize, aggregates: usize, relays: usize) -> BenchResult<Duration> {
+async fn adapter(admin: &PgPool, total: usize, aggregates: usize, relays: usize) -> BenchResult<(Duration, String)> {
     let name = unique("bench_drain");
     let outbox = PgOutbox::new(Tables::new(name.clone())?);
     outbox.migrate(admin).await?;
@@ -136,7 +151,7 @@ async fn adapter(admin: &PgPool, total: usize, aggregates: usize, relays: usize)
         stores.push(outbox.store(connect(2).await?));
     }
     let pools: Vec<PgPool> = stores.iter().map(|s| s.pool().clone()).collect();
-    let took = common::drain(stores, total).await?;
+    let (took, split) = common::drain(stores, total).await?;
     for p in pools {
         p.close().await;
     }
@@ -159,7 +174,7 @@ async fn adapter(admin: &PgPool, total: usize, aggregates: usize, relays: usize)
     }
     drop_tables(admin, &[&name, &agg_table]).await?;
     sqlx::raw_sql(&format!(r#"DROP FUNCTION IF EXISTS "{name}_notify"() CASCADE"#)).execute(admin).await?;
-    Ok(took)
+    Ok((took, split.describe()))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -172,19 +187,19 @@ async fn main() -> BenchResult<()> {
     let size = format!("{} x 200 B, {} aggregates", thousands(total as f64), thousands(aggregates as f64));
 
     say(format!("postgres naive loop, {size}"));
-    let naive_took = naive(&admin, total, aggregates, 1000).await?;
+    let (naive_took, naive_split) = naive(&admin, total, aggregates, 1000).await?;
     let naive_rate = rate(total, naive_took);
     row(
         "postgres",
         &format!("naive SKIP LOCKED loop (UPDATE … RETURNING + UPDATE = ANY), {size}"),
         format!("{naive_rate:.0}"),
         "entries/s",
-        &format!("1 connection, batches of 1,000, no per-aggregate order; {}", load_note()),
+        &format!("1 connection, batches of 1,000, no per-aggregate order; {naive_split}; {}", load_note()),
     );
     let mut rates = Vec::new();
     for &relays in &relay_counts {
         say(format!("postgres adapter, {relays} relay(s), {size}"));
-        let took = adapter(&admin, total, aggregates, relays).await?;
+        let (took, split) = adapter(&admin, total, aggregates, relays).await?;
         let r = rate(total, took);
         rates.push((relays, r));
         row(
@@ -192,7 +207,7 @@ async fn main() -> BenchResult<()> {
             &format!("adapter drain, {relays} relay(s), no-op publisher, {size}"),
             format!("{r:.0}"),
             "entries/s",
-            &format!("batches of 1,000, 20 per aggregate, order kept (checked); {}", load_note()),
+            &format!("batches of 1,000, 20 per aggregate, order kept (checked); {split}; {}", load_note()),
         );
     }
     let of = |n: usize| rates.iter().find(|(k, _)| *k == n).map(|(_, r)| *r);

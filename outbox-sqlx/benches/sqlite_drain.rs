@@ -64,7 +64,16 @@ fn placeholders(n: usize) -> String {
     s
 }
 
-async fn naive(path: &Path, total: usize, aggregates: usize, batch: i64) -> BenchResult<Duration> {
+fn naive_split(batches: u32, claim: Duration, complete: Duration) -> String {
+    let n = f64::from(batches.max(1));
+    format!(
+        "per batch: claim {:.1} ms + complete {:.1} ms",
+        claim.as_secs_f64() * 1000.0 / n,
+        complete.as_secs_f64() * 1000.0 / n
+    )
+}
+
+async fn naive(path: &Path, total: usize, aggregates: usize, batch: i64) -> BenchResult<(Duration, String)> {
     let table = unique("bench_naive");
     let admin = pool(path, 1).await?;
     sqlx::raw_sql(&format!(
@@ -84,13 +93,17 @@ async fn naive(path: &Path, total: usize, aggregates: usize, batch: i64) -> Benc
     type Claimed = (Vec<u8>, String, String, i64, String, Vec<u8>, String, String);
     let started = Instant::now();
     let mut done = 0;
+    let (mut batches, mut claim_t, mut complete_t) = (0u32, Duration::ZERO, Duration::ZERO);
     loop {
+        let t0 = Instant::now();
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let rows: Vec<Claimed> = sqlx::query_as(&claim).bind(batch).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         if rows.is_empty() {
             break;
         }
+        claim_t += t0.elapsed();
+        let t1 = Instant::now();
         let sql = format!(
             r#"UPDATE "{table}" SET status = 'published', published_at = ? WHERE id IN ({})"#,
             placeholders(rows.len())
@@ -100,6 +113,8 @@ async fn naive(path: &Path, total: usize, aggregates: usize, batch: i64) -> Benc
             q = q.bind(&r.0);
         }
         q.execute(&mut conn).await?;
+        complete_t += t1.elapsed();
+        batches += 1;
         done += rows.len();
     }
     let took = started.elapsed();
@@ -107,10 +122,10 @@ async fn naive(path: &Path, total: usize, aggregates: usize, batch: i64) -> Benc
     if done != total {
         return Err(format!("naive loop published {done} of {total}").into());
     }
-    Ok(took)
+    Ok((took, naive_split(batches, claim_t, complete_t)))
 }
 
-async fn adapter(path: &Path, total: usize, aggregates: usize, relays: usize) -> BenchResult<Duration> {
+async fn adapter(path: &Path, total: usize, aggregates: usize, relays: usize) -> BenchResult<(Duration, String)> {
     let name = unique("bench_drain");
     let outbox = SqliteOutbox::new(Tables::new(name.clone())?);
     let admin = pool(path, 1).await?;
@@ -130,7 +145,7 @@ async fn adapter(path: &Path, total: usize, aggregates: usize, relays: usize) ->
         stores.push(outbox.store(pool(path, 2).await?));
     }
     let pools: Vec<SqlitePool> = stores.iter().map(|s| s.pool().clone()).collect();
-    let took = common::drain(stores, total).await?;
+    let (took, split) = common::drain(stores, total).await?;
     for p in pools {
         p.close().await;
     }
@@ -149,7 +164,7 @@ async fn adapter(path: &Path, total: usize, aggregates: usize, relays: usize) ->
         )
         .into());
     }
-    Ok(took)
+    Ok((took, split.describe()))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -168,14 +183,15 @@ async fn main() -> BenchResult<()> {
     };
 
     say(format!("sqlite {version} naive loop, {size}"));
-    let naive_rate = rate(total, naive(&dir.path().join("naive.db"), total, aggregates, 1000).await?);
+    let (naive_took, naive_split) = naive(&dir.path().join("naive.db"), total, aggregates, 1000).await?;
+    let naive_rate = rate(total, naive_took);
     row(
         "sqlite",
         &format!("naive loop (BEGIN IMMEDIATE; UPDATE … RETURNING, then UPDATE IN), {size}"),
         format!("{naive_rate:.0}"),
         "entries/s",
         &format!(
-            "SQLite {version}, file, WAL, synchronous=NORMAL; 1 connection, batches of 1,000, no per-aggregate order; {}",
+            "SQLite {version}, file, WAL, synchronous=NORMAL; 1 connection, batches of 1,000, no per-aggregate order; {naive_split}; {}",
             load_note()
         ),
     );
@@ -183,14 +199,18 @@ async fn main() -> BenchResult<()> {
     for &relays in &relay_counts {
         say(format!("sqlite adapter, {relays} relay(s), {size}"));
         let db = dir.path().join(format!("adapter-{relays}.db"));
-        let r = rate(total, adapter(&db, total, aggregates, relays).await?);
+        let (took, split) = adapter(&db, total, aggregates, relays).await?;
+        let r = rate(total, took);
         rates.push((relays, r));
         row(
             "sqlite",
             &format!("adapter drain, {relays} relay(s), no-op publisher, {size}"),
             format!("{r:.0}"),
             "entries/s",
-            &format!("same file settings; batches of 1,000, 20 per aggregate, order kept (checked); {}", load_note()),
+            &format!(
+                "same file settings; batches of 1,000, 20 per aggregate, order kept (checked); {split}; {}",
+                load_note()
+            ),
         );
     }
     if let Some((_, one)) = rates.iter().find(|(k, _)| *k == 1) {

@@ -4,10 +4,10 @@
 
 use std::error::Error;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use outbox_core::{EntryId, NoopPublisher, Relay, RelayConfig, Store};
+use outbox_core::{EntryId, NoopPublisher, Relay, RelayConfig, RelayEvent, Store};
 
 /// Errors in benchmarks: anything, with a message.
 pub(crate) type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
@@ -74,17 +74,50 @@ pub(crate) fn relay_config() -> RelayConfig {
     RelayConfig { batch_size: 1000, max_per_aggregate: 20, ..RelayConfig::default() }
 }
 
+/// Where a drain's time went, summed over every relay's batches.
+#[derive(Debug, Default)]
+pub(crate) struct Split {
+    /// Batches completed.
+    pub(crate) batches: AtomicU64,
+    /// Time in `Store::claim`, microseconds.
+    pub(crate) claim_us: AtomicU64,
+    /// Time in `Store::complete`, microseconds.
+    pub(crate) complete_us: AtomicU64,
+}
+
+impl Split {
+    /// "claim 12.3 ms + complete 4.5 ms per batch of ~1,000".
+    pub(crate) fn describe(&self) -> String {
+        let n = self.batches.load(Ordering::Relaxed).max(1) as f64;
+        format!(
+            "per batch: claim {:.1} ms + complete {:.1} ms",
+            self.claim_us.load(Ordering::Relaxed) as f64 / n / 1000.0,
+            self.complete_us.load(Ordering::Relaxed) as f64 / n / 1000.0
+        )
+    }
+}
+
 /// Drains `total` entries with one relay per store (each store on its own pool), each relay a
 /// spawned task calling `Relay::run_once` until all `total` are published; returns the wall
-/// time from the first claim to the last completion.
-pub(crate) async fn drain<S>(stores: Vec<S>, total: usize) -> BenchResult<Duration>
+/// time from the first claim to the last completion, and where the time went.
+pub(crate) async fn drain<S>(stores: Vec<S>, total: usize) -> BenchResult<(Duration, Arc<Split>)>
 where
     S: Store + Send + Sync + 'static,
 {
     let done = Arc::new(AtomicUsize::new(0));
+    let split = Arc::new(Split::default());
     let mut relays = Vec::new();
     for store in stores {
-        relays.push(Relay::new(store, NoopPublisher, relay_config())?);
+        let seen = split.clone();
+        let observer = move |event: &RelayEvent<'_>| {
+            if let RelayEvent::BatchCompleted { claim, complete, .. } = event {
+                seen.batches.fetch_add(1, Ordering::Relaxed);
+                seen.claim_us.fetch_add(claim.as_micros() as u64, Ordering::Relaxed);
+                seen.complete_us.fetch_add(complete.as_micros() as u64, Ordering::Relaxed);
+            }
+        };
+        let config = RelayConfig { observer: Arc::new(observer), ..relay_config() };
+        relays.push(Relay::new(store, NoopPublisher, config)?);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -115,7 +148,7 @@ where
     for task in tasks {
         task.await??;
     }
-    Ok(started.elapsed())
+    Ok((started.elapsed(), split))
 }
 
 /// `total` entries per second of `took`.
