@@ -193,7 +193,13 @@ impl PgStore {
         let mut conn = self.conn(what).await?;
         let conn: &mut AsyncPgConnection = &mut conn;
         AnsiTransactionManager::begin_transaction(conn).await.map_err(|e| self.outbox.err(what, e))?;
-        match body(conn).await {
+        // Claims and completions must read what committed before their locks were taken: each
+        // statement needs a fresh snapshot, whatever the server's default isolation is.
+        let result = match conn.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").await {
+            Ok(()) => body(conn).await,
+            Err(e) => Err(self.outbox.err(what, e)),
+        };
+        match result {
             Ok(r) => {
                 AnsiTransactionManager::commit_transaction(conn).await.map_err(|e| self.outbox.err(what, e))?;
                 Ok(r)
