@@ -11,9 +11,9 @@
 //!   statement of per-aggregate index range reads: `published_at IS NULL ORDER BY sequence
 //!   LIMIT m`; MariaDB has no `LATERAL`), then one `UPDATE` marks the entries and one leases the
 //!   aggregates.
-//! - **Complete**: one short `READ COMMITTED` transaction: lock the batch's aggregates, read
-//!   which entries the holder still holds, then one `UPDATE` per status group and one for the
-//!   aggregates (values per row through `CASE`).
+//! - **Complete**: one short `READ COMMITTED` transaction: lock the batch's aggregates (one
+//!   statement), read which entries the holder still holds, then one `UPDATE` per status group
+//!   and one for the aggregates (values per row through `CASE`).
 //!
 //! `READ COMMITTED` (set per transaction, the pool's default is untouched) keeps InnoDB from
 //! taking gap locks that would block writers, and lets each statement see what committed before
@@ -495,8 +495,10 @@ impl Store for MySqlStore {
             .collect();
         let mut conn = self.read_committed().await.map_err(|e| self.err(what, e))?;
         let mut tx = conn.begin().await.map_err(|e| self.err(what, e))?;
-        // 1. Which aggregates the holder's entries belong to; 2. lock those (claims and writers
-        // of these aggregates wait); 3. which entries the holder still holds, now stable.
+        // 1. Lock the aggregates of the holder's entries (the subquery is a plain consistent
+        // read; claims and writers of these aggregates now wait); 2. read which entries the
+        // holder still holds: every change to them takes their aggregate's lock first, so this
+        // set is stable until commit.
         let held_sql = |n: usize, extra: &str| {
             format!(
                 "SELECT id, aggregate_type, aggregate_id FROM {} WHERE id IN ({}) AND lease_holder = ?{extra}",
@@ -504,34 +506,26 @@ impl Store for MySqlStore {
                 marks(n)
             )
         };
-        let mut keys: Vec<Key> = Vec::new();
+        let mut locked = 0;
         for chunk in all.chunks(IN_CHUNK) {
-            let text = held_sql(chunk.len(), "");
+            let text = format!(
+                "SELECT aggregate_type FROM {} WHERE (aggregate_type, aggregate_id) IN \
+                 (SELECT aggregate_type, aggregate_id FROM {} WHERE id IN ({}) AND lease_holder = ?) \
+                 ORDER BY aggregate_type, aggregate_id FOR UPDATE",
+                sql.aggregates,
+                sql.entries,
+                marks(chunk.len())
+            );
             let mut q = sqlx::query(&text);
             for id in chunk {
                 q = q.bind(id_bytes(id));
             }
-            for row in q.bind(holder).fetch_all(&mut *tx).await.map_err(|e| self.err(what, e))? {
-                keys.push(key(&row, 1).map_err(|e| self.err(what, e))?);
-            }
+            locked += q.bind(holder).fetch_all(&mut *tx).await.map_err(|e| self.err(what, e))?.len();
         }
-        keys.sort();
-        keys.dedup();
-        if keys.is_empty() {
+        if locked == 0 {
+            // The holder holds nothing any more (its lease lapsed and others took over).
             tx.rollback().await.map_err(|e| self.err(what, e))?;
             return Ok(());
-        }
-        for chunk in keys.chunks(AGG_CHUNK) {
-            let text = format!(
-                "SELECT aggregate_type FROM {} WHERE {} ORDER BY aggregate_type, aggregate_id FOR UPDATE",
-                sql.aggregates,
-                keys_match(chunk.len())
-            );
-            let mut q = sqlx::query(&text);
-            for (t, i) in chunk {
-                q = q.bind(t).bind(i);
-            }
-            q.fetch_all(&mut *tx).await.map_err(|e| self.err(what, e))?;
         }
         let mut held: HashMap<EntryId, Key> = HashMap::with_capacity(all.len());
         for chunk in all.chunks(IN_CHUNK) {
