@@ -73,6 +73,13 @@
 //! sequence, never a reordering. Keep aggregate rows: purging only deletes published entries,
 //! so sequences keep increasing.
 //!
+//! Two consequences to know: under `REPEATABLE READ` or `SERIALIZABLE` on PostgreSQL, the
+//! second of two concurrent writers of one aggregate fails with a serialization error (a
+//! retryable `Conflict`: retry the business transaction) instead of waiting; and a relay skips
+//! an aggregate while a writer's transaction holds its row (`SKIP LOCKED`), so keep write
+//! transactions short: an aggregate written back to back without a pause is claimed only in the
+//! gaps.
+//!
 //! ## Claiming
 //! A claim locks up to [`ClaimOptions::aggregates_per_claim`] aggregates that are due and not
 //! leased (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL; `BEGIN IMMEDIATE` on SQLite), reads
