@@ -424,3 +424,31 @@ async fn requeue_all_brings_back_every_dead_entry() {
     let h = PgHarness { store: outbox.store(pool.clone()), pool };
     common::requeue_all_brings_back_every_dead_entry(&h).await;
 }
+
+/// A second writer of the same aggregate waits for the first one's transaction, so sequences
+/// follow commit order without any lock taken by the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_of_one_aggregate_are_serialized_in_commit_order() {
+    let (pool, outbox) = fresh_outbox("strict").await;
+    let first = entry("hot", 0);
+    let mut tx_a = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx_a, &first).await.unwrap();
+
+    let second = entry("hot", 1);
+    let (pool_b, outbox_b, second_b) = (pool.clone(), outbox.clone(), second.clone());
+    let b = tokio::spawn(async move {
+        let mut tx_b = pool_b.begin().await.unwrap();
+        outbox_b.enqueue(&mut tx_b, &second_b).await.unwrap();
+        tx_b.commit().await.unwrap();
+    });
+    // B is blocked on the aggregate's row for as long as A's transaction is open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b.is_finished(), "the second writer must wait for the first transaction");
+    tx_a.commit().await.unwrap();
+    b.await.unwrap();
+
+    let store = outbox.store(pool);
+    let a_seq = store.entry(first.id()).await.unwrap().unwrap().sequence;
+    let b_seq = store.entry(second.id()).await.unwrap().unwrap().sequence;
+    assert!(a_seq < b_seq, "sequences follow commit order: first {a_seq}, second {b_seq}");
+}
