@@ -437,7 +437,10 @@ impl PgStore {
     /// The task holds one connection of its own (opened with the pool's options, not taken from
     /// the pool). When the connection drops it wakes the relay (notifications may have been missed;
     /// the relay keeps polling meanwhile) and listens again with back-off (100 ms doubling to
-    /// 5 s). It stops when the returned [`Listener`] is dropped or stopped. Needs a tokio runtime.
+    /// 5 s). It stops when the returned [`Listener`] is dropped or stopped.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (it spawns a task there, as `tokio::spawn` does).
     pub fn listen(&self, wakeup: Wakeup) -> Listener {
         // A pool of one connection of its own, so listening never takes a connection the relay
         // or the application needs.
