@@ -10,5 +10,6 @@
 mod catalog;
 mod common;
 mod conformance;
+mod entity;
 mod interop;
 mod writer;
