@@ -73,12 +73,14 @@ async fn outbox_with(admin: &PgPool, published: usize, aggregates: usize) -> Ben
            SELECT aggregate_type, aggregate_id, max(sequence),
              count(*) FILTER (WHERE status <> 'published'),
              COALESCE(min(available_at) FILTER (WHERE status <> 'published'), '9999-12-31T00:00:00Z')
-           FROM "{entries}" GROUP BY aggregate_type, aggregate_id;
-           VACUUM ANALYZE "{entries}";
-           VACUUM ANALYZE "{aggs}";"#
+           FROM "{entries}" GROUP BY aggregate_type, aggregate_id"#
     ))
     .execute(admin)
     .await?;
+    // One statement per call: VACUUM cannot run inside the implicit transaction of a batch.
+    for t in [&entries, &aggs] {
+        sqlx::raw_sql(&format!(r#"VACUUM ANALYZE "{t}""#)).execute(admin).await?;
+    }
     Ok(outbox)
 }
 
