@@ -5,7 +5,7 @@
 
 use outbox_core::{Entry, EntryId, Error, ErrorKind, Headers, Lease, Timestamp};
 use sea_orm::sea_query::{ArrayType, Value};
-use sea_orm::{DbBackend, QueryResult};
+use sea_orm::{ColIdx, DbBackend, QueryResult};
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
 use crate::error::{bad_row, map};
@@ -107,42 +107,47 @@ pub(crate) fn pg_i64_array(items: impl IntoIterator<Item = i64>) -> Value {
 }
 
 /// Reads a (non-null) time column.
-pub(crate) fn get_ts(backend: DbBackend, row: &QueryResult, col: &str, table: &str) -> Result<Timestamp, Error> {
-    get_ts_opt(backend, row, col, table)?.ok_or_else(|| bad_row(table, format!("`{col}` is NULL")))
+pub(crate) fn get_ts<I: ColIdx>(
+    backend: DbBackend,
+    row: &QueryResult,
+    col: I,
+    table: &str,
+) -> Result<Timestamp, Error> {
+    get_ts_opt(backend, row, col, table)?.ok_or_else(|| bad_row(table, format!("column {col:?} is NULL")))
 }
 
 /// Reads a nullable time column.
-pub(crate) fn get_ts_opt(
+pub(crate) fn get_ts_opt<I: ColIdx>(
     backend: DbBackend,
     row: &QueryResult,
-    col: &str,
+    col: I,
     table: &str,
 ) -> Result<Option<Timestamp>, Error> {
     let what = "reading an outbox row";
     Ok(match backend {
         DbBackend::Postgres => {
-            row.try_get::<Option<OffsetDateTime>>("", col).map_err(|e| map(backend, what, table, e))?.map(from_offset)
+            row.try_get_by::<Option<OffsetDateTime>, _>(col).map_err(|e| map(backend, what, table, e))?.map(from_offset)
         }
         DbBackend::MySql => row
-            .try_get::<Option<PrimitiveDateTime>>("", col)
+            .try_get_by::<Option<PrimitiveDateTime>, _>(col)
             .map_err(|e| map(backend, what, table, e))?
             .map(|p| from_offset(p.assume_utc())),
         DbBackend::Sqlite => {
-            row.try_get::<Option<i64>>("", col).map_err(|e| map(backend, what, table, e))?.map(Timestamp::from_micros)
+            row.try_get_by::<Option<i64>, _>(col).map_err(|e| map(backend, what, table, e))?.map(Timestamp::from_micros)
         }
     })
 }
 
 /// Reads an id column.
-pub(crate) fn get_id(backend: DbBackend, row: &QueryResult, col: &str, table: &str) -> Result<EntryId, Error> {
+pub(crate) fn get_id<I: ColIdx>(backend: DbBackend, row: &QueryResult, col: I, table: &str) -> Result<EntryId, Error> {
     let what = "reading an outbox row";
     match backend {
         DbBackend::Postgres => {
-            let u: uuid::Uuid = row.try_get("", col).map_err(|e| map(backend, what, table, e))?;
+            let u: uuid::Uuid = row.try_get_by(col).map_err(|e| map(backend, what, table, e))?;
             Ok(EntryId::from_u128(u.as_u128()))
         }
         DbBackend::MySql | DbBackend::Sqlite => {
-            let bytes: Vec<u8> = row.try_get("", col).map_err(|e| map(backend, what, table, e))?;
+            let bytes: Vec<u8> = row.try_get_by(col).map_err(|e| map(backend, what, table, e))?;
             let bytes: [u8; 16] =
                 bytes.try_into().map_err(|b: Vec<u8>| bad_row(table, format!("an id of {} bytes, not 16", b.len())))?;
             Ok(EntryId::from_bytes(bytes))
@@ -163,32 +168,33 @@ pub(crate) fn headers_from_json(table: &str, json: &str) -> Result<Headers, Erro
     Ok(pairs.into_iter().collect())
 }
 
-/// Reads an entry selected with [`entry_columns`].
-pub(crate) fn entry_from_row(backend: DbBackend, row: &QueryResult, table: &str) -> Result<Entry, Error> {
+/// Reads an entry selected with [`entry_columns`], whose first column is at `base`. Reads by
+/// position: no column-name lookups on the hot path.
+pub(crate) fn entry_from_row(backend: DbBackend, row: &QueryResult, table: &str, base: usize) -> Result<Entry, Error> {
     let what = "reading an outbox row";
     let m = |e| map(backend, what, table, e);
-    let status: String = row.try_get("", "status").map_err(m)?;
+    let status: String = row.try_get_by(base + 8).map_err(m)?;
     let status = status.parse().map_err(|_| bad_row(table, format!("unknown status `{status}`")))?;
-    let headers: String = row.try_get("", "headers").map_err(m)?;
-    let attempts: i32 = row.try_get("", "attempts").map_err(m)?;
-    let lease_holder: Option<String> = row.try_get("", "lease_holder").map_err(m)?;
-    let lease_expires_at = get_ts_opt(backend, row, "lease_expires_at", table)?;
-    let payload: Vec<u8> = row.try_get("", "payload").map_err(m)?;
+    let headers: String = row.try_get_by(base + 7).map_err(m)?;
+    let attempts: i32 = row.try_get_by(base + 9).map_err(m)?;
+    let lease_holder: Option<String> = row.try_get_by(base + 14).map_err(m)?;
+    let lease_expires_at = get_ts_opt(backend, row, base + 15, table)?;
+    let payload: Vec<u8> = row.try_get_by(base + 5).map_err(m)?;
     Ok(Entry {
-        id: get_id(backend, row, "id", table)?,
-        aggregate_type: row.try_get("", "aggregate_type").map_err(m)?,
-        aggregate_id: row.try_get("", "aggregate_id").map_err(m)?,
-        sequence: row.try_get("", "sequence").map_err(m)?,
-        event_type: row.try_get("", "event_type").map_err(m)?,
+        id: get_id(backend, row, base, table)?,
+        aggregate_type: row.try_get_by(base + 1).map_err(m)?,
+        aggregate_id: row.try_get_by(base + 2).map_err(m)?,
+        sequence: row.try_get_by(base + 3).map_err(m)?,
+        event_type: row.try_get_by(base + 4).map_err(m)?,
         payload: payload.into(),
-        content_type: row.try_get("", "content_type").map_err(m)?,
+        content_type: row.try_get_by(base + 6).map_err(m)?,
         headers: headers_from_json(table, &headers)?,
         status,
         attempts: u32::try_from(attempts).unwrap_or(0),
-        created_at: get_ts(backend, row, "created_at", table)?,
-        available_at: get_ts(backend, row, "available_at", table)?,
-        published_at: get_ts_opt(backend, row, "published_at", table)?,
-        last_error: row.try_get("", "last_error").map_err(m)?,
+        created_at: get_ts(backend, row, base + 10, table)?,
+        available_at: get_ts(backend, row, base + 11, table)?,
+        published_at: get_ts_opt(backend, row, base + 12, table)?,
+        last_error: row.try_get_by(base + 13).map_err(m)?,
         lease: match (lease_holder, lease_expires_at) {
             (Some(holder), Some(expires_at)) => Some(Lease { holder, expires_at }),
             _ => None,

@@ -170,13 +170,13 @@ impl SeaStore {
         let mut locked: Vec<Key> = Vec::new();
         let mut entries = Vec::with_capacity(rows.len());
         for row in rows {
-            let key: Key = (row.try_get("", "l_type").map_err(&m)?, row.try_get("", "l_id").map_err(&m)?);
+            let key: Key = (row.try_get_by(0).map_err(&m)?, row.try_get_by(1).map_err(&m)?);
             if locked.last() != Some(&key) {
                 locked.push(key);
             }
-            let status: Option<String> = row.try_get("", "status").map_err(&m)?;
+            let status: Option<String> = row.try_get_by(2 + 8).map_err(&m)?;
             if status.is_some() {
-                entries.push(entry_from_row(self.backend, &row, table)?);
+                entries.push(entry_from_row(self.backend, &row, table, 2)?);
             }
         }
         Ok((locked, entries))
@@ -225,7 +225,7 @@ impl SeaStore {
         }
         let rows = tx.query_all(q.statement()).await.map_err(&m)?;
         let entries =
-            rows.iter().map(|r| entry_from_row(self.backend, r, self.tables.name())).collect::<Result<Vec<_>>>()?;
+            rows.iter().map(|r| entry_from_row(self.backend, r, self.tables.name(), 0)).collect::<Result<Vec<_>>>()?;
         Ok((locked, entries))
     }
 
@@ -287,7 +287,7 @@ impl SeaStore {
         q.push_bind(req.max_per_aggregate as i64);
         let rows = tx.query_all(q.statement()).await.map_err(&m)?;
         let entries =
-            rows.iter().map(|r| entry_from_row(self.backend, r, self.tables.name())).collect::<Result<Vec<_>>>()?;
+            rows.iter().map(|r| entry_from_row(self.backend, r, self.tables.name(), 0)).collect::<Result<Vec<_>>>()?;
         Ok((locked, entries))
     }
 
@@ -759,7 +759,7 @@ impl SeaStore {
         let mut q = self.q(&format!("SELECT {} FROM {{entries}} WHERE id = ", entry_columns(self.backend, "")));
         q.push_bind(self.id(id));
         match self.db.query_one(q.statement()).await.map_err(&m)? {
-            Some(row) => Ok(Some(entry_from_row(self.backend, &row, self.tables.name())?)),
+            Some(row) => Ok(Some(entry_from_row(self.backend, &row, self.tables.name(), 0)?)),
             None => Ok(None),
         }
     }
