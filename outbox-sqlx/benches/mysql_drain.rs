@@ -94,7 +94,8 @@ async fn naive(admin: &MySqlPool, total: usize, aggregates: usize, batch: usize)
            CAST(headers AS CHAR) FROM `{table}` WHERE status = 'pending' ORDER BY created_at LIMIT ? \
          FOR UPDATE SKIP LOCKED"
     );
-    type Claimed = (Vec<u8>, String, String, i64, String, Vec<u8>, String, String);
+    // Text columns come back as bytes: MariaDB flags `utf8mb4_bin` columns as binary.
+    type Claimed = (Vec<u8>, Vec<u8>, Vec<u8>, i64, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
     let started = Instant::now();
     let mut done = 0;
     let (mut batches, mut claim_t, mut complete_t) = (0u32, Duration::ZERO, Duration::ZERO);
