@@ -34,7 +34,44 @@ fn config() -> RelayConfig {
     RelayConfig { batch_size: 1000, max_per_aggregate: 20, ..RelayConfig::default() }
 }
 
+/// A store that times its claims and completions.
+struct Timed<S> {
+    inner: S,
+    claim: std::sync::Mutex<Duration>,
+    complete: std::sync::Mutex<Duration>,
+}
+
+impl<S: Store> Store for Timed<S> {
+    async fn claim(&self, request: &outbox_core::ClaimRequest<'_>) -> outbox_core::Result<Vec<outbox_core::Entry>> {
+        let started = Instant::now();
+        let r = self.inner.claim(request).await;
+        *self.claim.lock().unwrap_or_else(|p| p.into_inner()) += started.elapsed();
+        r
+    }
+
+    async fn complete(&self, completion: &outbox_core::Completion) -> outbox_core::Result<()> {
+        let started = Instant::now();
+        let r = self.inner.complete(completion).await;
+        *self.complete.lock().unwrap_or_else(|p| p.into_inner()) += started.elapsed();
+        r
+    }
+}
+
 async fn drain<S: Store>(store: S, total: usize) -> Result<Duration, BoxError> {
+    let timed = std::sync::Arc::new(Timed {
+        inner: store,
+        claim: std::sync::Mutex::new(Duration::ZERO),
+        complete: std::sync::Mutex::new(Duration::ZERO),
+    });
+    let elapsed = drain_inner(timed.clone(), total).await?;
+    if std::env::var_os("OUTBOX_BENCH_PHASES").is_some() {
+        let get = |m: &std::sync::Mutex<Duration>| *m.lock().unwrap_or_else(|p| p.into_inner());
+        eprintln!("claim {:?}, complete {:?}, total {elapsed:?}", get(&timed.claim), get(&timed.complete));
+    }
+    Ok(elapsed)
+}
+
+async fn drain_inner<S: Store>(store: S, total: usize) -> Result<Duration, BoxError> {
     let relay = Relay::new(store, NoopPublisher, config())?;
     let started = Instant::now();
     let mut published = 0;

@@ -150,35 +150,38 @@ impl SeaStore {
     ) -> Result<(Vec<Key>, Vec<Entry>)> {
         let table = self.tables.name();
         let m = self.err("claiming outbox entries");
-        let mut q = self.q("WITH locked AS (SELECT aggregate_type, aggregate_id, available_at FROM {aggregates} WHERE unpublished > 0 AND available_at <= ");
+        let mut q =
+            self.q("SELECT aggregate_type, aggregate_id FROM {aggregates} WHERE unpublished > 0 AND available_at <= ");
         let now = q.bind(self.ts(req.now)?);
         q.push(&now);
         q.push(&format!(" AND (lease_expires_at IS NULL OR lease_expires_at <= {now}) ORDER BY available_at LIMIT "));
         q.push_bind(plan::aggregates_for(req) as i64);
-        q.push(" FOR UPDATE SKIP LOCKED) SELECT l.aggregate_type AS l_type, l.aggregate_id AS l_id, ");
-        q.push(&entry_columns(self.backend, "e."));
+        q.push(" FOR UPDATE SKIP LOCKED");
+        let rows = tx.query_all(q.statement()).await.map_err(&m)?;
+        let mut locked: Vec<Key> = Vec::with_capacity(rows.len());
+        for row in rows {
+            locked.push((row.try_get_by(0).map_err(&m)?, row.try_get_by(1).map_err(&m)?));
+        }
+        if locked.is_empty() {
+            return Ok((locked, Vec::new()));
+        }
+        // Each locked aggregate's first unpublished entries through the partial index.
+        let mut q = self.q("SELECT e.* FROM unnest(");
+        q.push_bind(convert::pg_text_array(locked.iter().map(|k| k.0.as_str())));
+        q.push("::text[], ");
+        q.push_bind(convert::pg_text_array(locked.iter().map(|k| k.1.as_str())));
+        q.push("::text[]) AS k(t, i) CROSS JOIN LATERAL (SELECT ");
+        q.push(&entry_columns(self.backend, "x."));
         q.push(&self.tables.render(
-            " FROM locked l LEFT JOIN LATERAL (SELECT x.* FROM {entries} x \
-             WHERE x.aggregate_type = l.aggregate_type AND x.aggregate_id = l.aggregate_id AND x.status <> 'published'",
+            " FROM {entries} x WHERE x.aggregate_type = k.t AND x.aggregate_id = k.i AND x.status <> 'published'",
             self.backend,
         ));
         q.push(&self.skip_dead(req, "x."));
         q.push(" ORDER BY x.sequence LIMIT ");
         q.push_bind(req.max_per_aggregate as i64);
-        q.push(") e ON true ORDER BY l.available_at, l.aggregate_type, l.aggregate_id, e.sequence");
+        q.push(") e");
         let rows = tx.query_all(q.statement()).await.map_err(&m)?;
-        let mut locked: Vec<Key> = Vec::new();
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in rows {
-            let key: Key = (row.try_get_by(0).map_err(&m)?, row.try_get_by(1).map_err(&m)?);
-            if locked.last() != Some(&key) {
-                locked.push(key);
-            }
-            let status: Option<String> = row.try_get_by(2 + 8).map_err(&m)?;
-            if status.is_some() {
-                entries.push(entry_from_row(self.backend, &row, table, 2)?);
-            }
-        }
+        let entries = rows.iter().map(|r| entry_from_row(self.backend, r, table, 0)).collect::<Result<Vec<_>>>()?;
         Ok((locked, entries))
     }
 
