@@ -1,6 +1,6 @@
-//! Drains 200,000 entries (200 B, 1,000 aggregates) from PostgreSQL through a no-op publisher
-//! with one relay, through [`SeaStore`] and, side by side on the same server, through
-//! outbox-sqlx's `PgStore`; then the same through SeaStore on MariaDB and SQLite.
+//! Drains 200,000 entries (200 B, 1,000 aggregates) through a no-op publisher with one relay,
+//! through [`SeaStore`] and, side by side on the same server, through outbox-sqlx's store: on
+//! PostgreSQL (best of two alternating rounds), MariaDB and an SQLite file.
 //!
 //! `cargo bench -p outbox-seaorm --bench drain` (or `cargo xtask bench`). `OUTBOX_BENCH_ENTRIES`
 //! lowers the count for a quick check; `OUTBOX_TEST_POSTGRES_URL` / `OUTBOX_TEST_MYSQL_URL` as in
@@ -138,6 +138,37 @@ async fn sqlx_pg_drain(url: &str, total: usize) -> Result<Duration, BoxError> {
     result
 }
 
+/// The same through outbox-sqlx on MariaDB.
+async fn sqlx_mysql_drain(url: &str, total: usize) -> Result<Duration, BoxError> {
+    let pool = sea_orm::sqlx::mysql::MySqlPoolOptions::new().max_connections(4).connect(url).await?;
+    let outbox = outbox_sqlx::MySqlOutbox::new(outbox_sqlx::Tables::new(unique("bench_sqlx"))?);
+    outbox.migrate(&pool).await?;
+    let all = entries(total)?;
+    for chunk in all.chunks(WRITE_BATCH) {
+        let mut tx = pool.begin().await?;
+        outbox.enqueue_batch(&mut tx, chunk).await?;
+        tx.commit().await?;
+    }
+    let result = drain(outbox.store(pool.clone()), total).await;
+    let name = outbox.tables().name().to_string();
+    sea_orm::sqlx::query(&format!("DROP TABLE IF EXISTS `{name}`, `{name}_aggregates`")).execute(&pool).await?;
+    result
+}
+
+/// The same through outbox-sqlx on an SQLite file.
+async fn sqlx_sqlite_drain(url: &str, total: usize) -> Result<Duration, BoxError> {
+    let pool = sea_orm::sqlx::sqlite::SqlitePoolOptions::new().max_connections(4).connect(url).await?;
+    let outbox = outbox_sqlx::SqliteOutbox::new(outbox_sqlx::Tables::new(unique("bench_sqlx"))?);
+    outbox.migrate(&pool).await?;
+    let all = entries(total)?;
+    for chunk in all.chunks(WRITE_BATCH) {
+        let mut tx = pool.begin().await?;
+        outbox.enqueue_batch(&mut tx, chunk).await?;
+        tx.commit().await?;
+    }
+    drain(outbox.store(pool.clone()), total).await
+}
+
 fn rate(total: usize, d: Duration) -> f64 {
     total as f64 / d.as_secs_f64()
 }
@@ -168,18 +199,29 @@ fn main() -> Result<(), BoxError> {
             sea_rate / sqlx_rate
         );
         let (fill, sea) = seaorm_drain(&my, total).await?;
+        let sqlx = sqlx_mysql_drain(&my, total).await?;
+        let (sea_rate, sqlx_rate) = (rate(total, sea), rate(total, sqlx));
         println!(
-            "| seaorm | drain MariaDB, no-op publisher, {shape}, 1 relay | {:.0} | entries/s | batches of 1,000, 20 per aggregate; written at {:.0}/s |",
-            rate(total, sea),
+            "| seaorm | drain MariaDB, no-op publisher, {shape}, 1 relay | {sea_rate:.0} | entries/s | batches of 1,000, 20 per aggregate; written at {:.0}/s |",
             rate(total, fill)
+        );
+        println!(
+            "| seaorm | SeaStore vs outbox-sqlx MySqlStore, drain MariaDB, {shape} | {:.2} | ratio | seaorm {sea_rate:.0}/s, sqlx {sqlx_rate:.0}/s, one round |",
+            sea_rate / sqlx_rate
         );
         let dir = tempfile::tempdir()?;
         let lite = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
         let (fill, sea) = seaorm_drain(&lite, total).await?;
+        let lite_sqlx = format!("sqlite://{}?mode=rwc", dir.path().join("bench-sqlx.db").display());
+        let sqlx = sqlx_sqlite_drain(&lite_sqlx, total).await?;
+        let (sea_rate, sqlx_rate) = (rate(total, sea), rate(total, sqlx));
         println!(
-            "| seaorm | drain SQLite (file, WAL), no-op publisher, {shape}, 1 relay | {:.0} | entries/s | batches of 1,000, 20 per aggregate; written at {:.0}/s |",
-            rate(total, sea),
+            "| seaorm | drain SQLite (file, WAL), no-op publisher, {shape}, 1 relay | {sea_rate:.0} | entries/s | batches of 1,000, 20 per aggregate; written at {:.0}/s |",
             rate(total, fill)
+        );
+        println!(
+            "| seaorm | SeaStore vs outbox-sqlx SqliteStore, drain SQLite file, {shape} | {:.2} | ratio | seaorm {sea_rate:.0}/s, sqlx {sqlx_rate:.0}/s, one round |",
+            sea_rate / sqlx_rate
         );
         Ok::<_, BoxError>(())
     })?;
