@@ -44,20 +44,32 @@ impl Db {
 
 fn classify_message(message: &str) -> ErrorKind {
     let m = message.to_ascii_lowercase();
-    if m.contains("deadlock") || m.contains("lock wait timeout") || m.contains("database is locked")
-        || m.contains("could not serialize") || m.contains("could not obtain lock") || m.contains("database table is locked")
+    if m.contains("deadlock")
+        || m.contains("lock wait timeout")
+        || m.contains("database is locked")
+        || m.contains("could not serialize")
+        || m.contains("could not obtain lock")
+        || m.contains("database table is locked")
     {
         ErrorKind::Conflict
-    } else if m.contains("does not exist") || m.contains("doesn't exist") || m.contains("no such table")
-        || m.contains("no such column") || m.contains("unknown column")
+    } else if m.contains("does not exist")
+        || m.contains("doesn't exist")
+        || m.contains("no such table")
+        || m.contains("no such column")
+        || m.contains("unknown column")
     {
         ErrorKind::SchemaMismatch
-    } else if m.contains("canceling statement due to statement timeout") || m.contains("max_statement_time")
+    } else if m.contains("canceling statement due to statement timeout")
+        || m.contains("max_statement_time")
         || m.contains("maximum statement execution time")
     {
         ErrorKind::Timeout
-    } else if m.contains("server has gone away") || m.contains("lost connection") || m.contains("terminating connection")
-        || m.contains("connection closed") || m.contains("broken pipe") || m.contains("connection reset")
+    } else if m.contains("server has gone away")
+        || m.contains("lost connection")
+        || m.contains("terminating connection")
+        || m.contains("connection closed")
+        || m.contains("broken pipe")
+        || m.contains("connection reset")
     {
         ErrorKind::Unavailable
     } else {
@@ -133,10 +145,15 @@ mod tests {
         assert_eq!(classify_message("Table 'test.outbox' doesn't exist"), ErrorKind::SchemaMismatch);
         assert_eq!(classify_message("no such table: outbox"), ErrorKind::SchemaMismatch);
         assert_eq!(classify_message("syntax error"), ErrorKind::Unexpected);
-        let e = map(Db::Postgres, "enqueue", "outbox", DieselError::DatabaseError(
-            DatabaseErrorKind::UniqueViolation,
-            Box::new("duplicate key value violates unique constraint".to_string()),
-        ));
+        let e = map(
+            Db::Postgres,
+            "enqueue",
+            "outbox",
+            DieselError::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                Box::new("duplicate key value violates unique constraint".to_string()),
+            ),
+        );
         assert_eq!(e.kind(), ErrorKind::Validation);
         assert!(!e.is_retryable());
         assert!(e.to_string().contains("duplicate entry id"), "{e}");

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use outbox_core::{
-    ClaimRequest, Completion, Dead, DeadPolicy, Entry, EntryId, Error, Event, Headers, Lease, NewEntry, Retry,
-    Status, Timestamp,
+    ClaimRequest, Completion, Dead, DeadPolicy, Entry, EntryId, Error, Event, Headers, Lease, NewEntry, Retry, Status,
+    Timestamp,
 };
 
 /// "Never": the `available_at` of an aggregate with nothing claimable until something happens
@@ -79,8 +79,11 @@ pub(crate) fn plan_claim(request: &ClaimRequest<'_>, locked: &[Key], rows: Vec<E
             if taken == room {
                 break;
             }
-            let from =
-                if entry.status == Status::Processing { entry.status.apply(Event::LeaseExpired)? } else { entry.status };
+            let from = if entry.status == Status::Processing {
+                entry.status.apply(Event::LeaseExpired)?
+            } else {
+                entry.status
+            };
             entry.status = from.apply(Event::Claim)?;
             entry.lease = Some(Lease { holder: request.holder.to_string(), expires_at: request.lease_until });
             plan.claimed.push(entry);

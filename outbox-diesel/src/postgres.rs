@@ -435,8 +435,7 @@ impl PgOutbox {
             _ => {}
         }
         let batch = self.batch(entries);
-        let rows: Vec<SequenceRow> =
-            batch.aggregates.load(conn).map_err(|e| self.err("enqueue_batch", e))?;
+        let rows: Vec<SequenceRow> = batch.aggregates.load(conn).map_err(|e| self.err("enqueue_batch", e))?;
         self.insert_query(entries, &batch.groups, rows, batch.now)
             .execute(conn)
             .map_err(|e| self.err("enqueue_batch", e))?;
@@ -554,7 +553,8 @@ pub fn migrate(conn: &mut PgConnection) -> Result<()> {
 /// `MigrationHarness::run_pending_migrations`.
 #[cfg(feature = "migrations")]
 #[cfg_attr(docsrs, doc(cfg(feature = "migrations")))]
-pub const MIGRATIONS: diesel_migrations::EmbeddedMigrations = diesel_migrations::embed_migrations!("migrations/postgres");
+pub const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/postgres");
 
 #[cfg(feature = "async")]
 mod nonblocking;

@@ -477,7 +477,9 @@ impl SqliteStore {
             f(&outbox, &mut conn)
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Unexpected, format!("{what} failed: the blocking task died")).with_source(e))?
+        .map_err(|e| {
+            Error::new(ErrorKind::Unexpected, format!("{what} failed: the blocking task died")).with_source(e)
+        })?
     }
 }
 
@@ -540,7 +542,10 @@ fn claim_in(outbox: &SqliteOutbox, conn: &mut SqliteConnection, request: &ClaimR
     for group in locked.chunks(ARMS) {
         let mut q = query(vec![arm.as_str(); group.len()].join(" UNION ALL "));
         for (t, i) in group {
-            q = q.bind::<Text, _>(t.clone()).bind::<Text, _>(i.clone()).bind::<BigInt, _>(request.max_per_aggregate as i64);
+            q = q
+                .bind::<Text, _>(t.clone())
+                .bind::<Text, _>(i.clone())
+                .bind::<BigInt, _>(request.max_per_aggregate as i64);
         }
         let loaded: Vec<Row> = q.load(conn).map_err(err)?;
         for row in loaded {
@@ -790,10 +795,14 @@ impl Maintenance for SqliteStore {
                 );
                 let returning = " RETURNING aggregate_type, aggregate_id";
                 let mut touched: Vec<(String, String)> = Vec::new();
-                let mut collect = |rows: Vec<KeyRow>| touched.extend(rows.into_iter().map(|r| (r.aggregate_type, r.aggregate_id)));
+                let mut collect =
+                    |rows: Vec<KeyRow>| touched.extend(rows.into_iter().map(|r| (r.aggregate_type, r.aggregate_id)));
                 match &which {
                     Which::All => collect(
-                        query(format!("{set}{returning}")).bind::<BigInt, _>(now.as_micros()).load(conn).map_err(err)?,
+                        query(format!("{set}{returning}"))
+                            .bind::<BigInt, _>(now.as_micros())
+                            .load(conn)
+                            .map_err(err)?,
                     ),
                     Which::Ids(ids) => {
                         for chunk in ids.chunks(IN_CHUNK) {

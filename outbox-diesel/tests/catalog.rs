@@ -22,7 +22,12 @@ where
     C::Backend: diesel::backend::Backend,
     diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'static, C, Line>,
 {
-    diesel::sql_query(sql).load::<Line>(conn).unwrap_or_else(|e| panic!("{sql}: {e}")).into_iter().map(|l| l.line).collect()
+    diesel::sql_query(sql)
+        .load::<Line>(conn)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .map(|l| l.line)
+        .collect()
 }
 
 /// Asserts both catalogs hold the same lines, listing what differs.
@@ -41,43 +46,58 @@ fn pg_catalog(conn: &mut PgConnection, schema: &str) -> Vec<(&'static str, Vec<S
     vec![
         (
             "columns",
-            lines(conn, &format!(
-                "SELECT concat_ws('|', table_name, ordinal_position, column_name, data_type, udt_name, is_nullable, \
+            lines(
+                conn,
+                &format!(
+                    "SELECT concat_ws('|', table_name, ordinal_position, column_name, data_type, udt_name, is_nullable, \
                  coalesce(column_default, '-'), coalesce(character_maximum_length, -1), coalesce(numeric_precision, -1), \
                  coalesce(datetime_precision, -1), is_identity, is_generated) AS line FROM information_schema.columns \
                  WHERE table_schema = {s} AND table_name NOT LIKE '\\_\\_diesel%' ORDER BY table_name, ordinal_position"
-            )),
+                ),
+            ),
         ),
         (
             "indexes",
-            lines(conn, &format!(
-                "SELECT concat_ws('|', tablename, indexname, replace(indexdef, {s}, 'S')) AS line FROM pg_indexes \
+            lines(
+                conn,
+                &format!(
+                    "SELECT concat_ws('|', tablename, indexname, replace(indexdef, {s}, 'S')) AS line FROM pg_indexes \
                  WHERE schemaname = {s} AND tablename NOT LIKE '\\_\\_diesel%' ORDER BY tablename, indexname"
-            )),
+                ),
+            ),
         ),
         (
             "constraints",
-            lines(conn, &format!(
-                "SELECT concat_ws('|', c.relname, k.conname, k.contype, pg_get_constraintdef(k.oid), k.condeferrable) \
+            lines(
+                conn,
+                &format!(
+                    "SELECT concat_ws('|', c.relname, k.conname, k.contype, pg_get_constraintdef(k.oid), k.condeferrable) \
                  AS line FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = {s} AND c.relname NOT LIKE '\\_\\_diesel%' ORDER BY 1"
-            )),
+                ),
+            ),
         ),
         (
             "triggers",
-            lines(conn, &format!(
-                "SELECT concat_ws('|', event_object_table, trigger_name, event_manipulation, action_timing, \
+            lines(
+                conn,
+                &format!(
+                    "SELECT concat_ws('|', event_object_table, trigger_name, event_manipulation, action_timing, \
                  action_orientation, replace(replace(action_statement, '\"' || {s} || '\".', ''), {s} || '.', '')) AS line \
                  FROM information_schema.triggers WHERE trigger_schema = {s} ORDER BY 1"
-            )),
+                ),
+            ),
         ),
         (
             "functions",
-            lines(conn, &format!(
-                "SELECT concat_ws('|', p.proname, l.lanname, pg_get_function_result(p.oid), p.prosrc) AS line \
+            lines(
+                conn,
+                &format!(
+                    "SELECT concat_ws('|', p.proname, l.lanname, pg_get_function_result(p.oid), p.prosrc) AS line \
                  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang \
                  WHERE n.nspname = {s} ORDER BY 1"
-            )),
+                ),
+            ),
         ),
     ]
 }
@@ -109,41 +129,56 @@ fn mysql_catalog(conn: &mut MysqlConnection, db: &str) -> Vec<(&'static str, Vec
     vec![
         (
             "tables",
-            lines(conn, &format!(
-                "SELECT CONCAT_WS('|', table_name, engine, table_collation, coalesce(create_options, '')) AS line \
+            lines(
+                conn,
+                &format!(
+                    "SELECT CONCAT_WS('|', table_name, engine, table_collation, coalesce(create_options, '')) AS line \
                  FROM information_schema.tables WHERE table_schema = {s} AND table_name {not_diesel} ORDER BY 1"
-            )),
+                ),
+            ),
         ),
         (
             "columns",
-            lines(conn, &format!(
-                "SELECT CONCAT_WS('|', table_name, ordinal_position, column_name, column_type, is_nullable, \
+            lines(
+                conn,
+                &format!(
+                    "SELECT CONCAT_WS('|', table_name, ordinal_position, column_name, column_type, is_nullable, \
                  coalesce(column_default, '-'), coalesce(character_set_name, '-'), coalesce(collation_name, '-'), \
                  column_key, extra) AS line FROM information_schema.columns WHERE table_schema = {s} \
                  AND table_name {not_diesel} ORDER BY table_name, ordinal_position"
-            )),
+                ),
+            ),
         ),
         (
             "indexes",
-            lines(conn, &format!(
-                "SELECT CONCAT_WS('|', table_name, index_name, non_unique, seq_in_index, column_name, \
+            lines(
+                conn,
+                &format!(
+                    "SELECT CONCAT_WS('|', table_name, index_name, non_unique, seq_in_index, column_name, \
                  coalesce(sub_part, -1), index_type) AS line FROM information_schema.statistics \
                  WHERE table_schema = {s} AND table_name {not_diesel} ORDER BY table_name, index_name, seq_in_index"
-            )),
+                ),
+            ),
         ),
         (
             "constraints",
-            lines(conn, &format!(
-                "SELECT CONCAT_WS('|', table_name, constraint_name, constraint_type) AS line \
+            lines(
+                conn,
+                &format!(
+                    "SELECT CONCAT_WS('|', table_name, constraint_name, constraint_type) AS line \
                  FROM information_schema.table_constraints WHERE table_schema = {s} AND table_name {not_diesel} ORDER BY 1"
-            )),
+                ),
+            ),
         ),
         (
             "check constraints",
-            lines(conn, &format!(
-                "SELECT CONCAT_WS('|', table_name, constraint_name, check_clause) AS line \
+            lines(
+                conn,
+                &format!(
+                    "SELECT CONCAT_WS('|', table_name, constraint_name, check_clause) AS line \
                  FROM information_schema.check_constraints WHERE constraint_schema = {s} ORDER BY 1"
-            )),
+                ),
+            ),
         ),
     ]
 }
@@ -171,7 +206,8 @@ async fn mysql_schema_is_identical_to_outbox_sqlx() {
 }
 
 fn sqlite_catalog(conn: &mut SqliteConnection) -> Vec<(&'static str, Vec<String>)> {
-    let objects = lines(conn,
+    let objects = lines(
+        conn,
         "SELECT type || '|' || name || '|' || tbl_name || '|' || coalesce(sql, '-') AS line FROM sqlite_master \
          WHERE tbl_name NOT LIKE '\\_\\_diesel%' ESCAPE '\\' ORDER BY type, name",
     );
@@ -182,11 +218,14 @@ fn sqlite_catalog(conn: &mut SqliteConnection) -> Vec<(&'static str, Vec<String>
             "SELECT '{table}|' || cid || '|' || name || '|' || type || '|' || \"notnull\" || '|' || coalesce(dflt_value, '-') \
              || '|' || pk AS line FROM pragma_table_info('{table}') ORDER BY cid"
         )));
-        indexes.extend(lines(conn, &format!(
-            "SELECT '{table}|' || l.name || '|' || l.\"unique\" || '|' || l.origin || '|' || l.partial || '|' || \
+        indexes.extend(lines(
+            conn,
+            &format!(
+                "SELECT '{table}|' || l.name || '|' || l.\"unique\" || '|' || l.origin || '|' || l.partial || '|' || \
              group_concat(coalesce(x.name, '-') || ':' || x.desc || ':' || x.coll || ':' || x.key, ',') AS line \
              FROM pragma_index_list('{table}') l JOIN pragma_index_xinfo(l.name) x GROUP BY l.name ORDER BY l.name"
-        )));
+            ),
+        ));
     }
     vec![("objects", objects), ("columns", columns), ("indexes", indexes)]
 }

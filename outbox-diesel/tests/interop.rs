@@ -155,7 +155,8 @@ mod pg {
                     let outbox = self.diesel.clone();
                     tokio::task::spawn_blocking(move || {
                         let mut conn = PgConnection::establish(&pg_url()).expect("connect");
-                        conn.transaction(|conn| outbox.enqueue_batch(conn, &entries).map_err(Fail::Outbox)).map_err(Fail::into_outbox)
+                        conn.transaction(|conn| outbox.enqueue_batch(conn, &entries).map_err(Fail::Outbox))
+                            .map_err(Fail::into_outbox)
                     })
                     .await
                     .expect("writer thread")
@@ -163,9 +164,11 @@ mod pg {
                 1 => {
                     let mut conn = AsyncPgConnection::establish(&pg_url()).await.expect("connect");
                     let outbox = &self.diesel;
-                    conn.transaction(async |conn| outbox.enqueue_batch_async(conn, &entries).await.map_err(Fail::Outbox))
-                        .await
-                        .map_err(Fail::into_outbox)
+                    conn.transaction(async |conn| {
+                        outbox.enqueue_batch_async(conn, &entries).await.map_err(Fail::Outbox)
+                    })
+                    .await
+                    .map_err(Fail::into_outbox)
                 }
                 _ => {
                     let mut tx = self.pool.begin().await.expect("begin");
@@ -220,9 +223,11 @@ mod my {
                 1 => {
                     let mut conn = AsyncMysqlConnection::establish(&mysql_url()).await.expect("connect");
                     let outbox = &self.diesel;
-                    conn.transaction(async |conn| outbox.enqueue_batch_async(conn, &entries).await.map_err(Fail::Outbox))
-                        .await
-                        .map_err(Fail::into_outbox)
+                    conn.transaction(async |conn| {
+                        outbox.enqueue_batch_async(conn, &entries).await.map_err(Fail::Outbox)
+                    })
+                    .await
+                    .map_err(Fail::into_outbox)
                 }
                 _ => {
                     let mut tx = self.pool.begin().await.expect("begin");

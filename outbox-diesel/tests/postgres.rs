@@ -8,9 +8,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use outbox_core::testkit::{Harness, store_suite};
-use outbox_core::{
-    CollectingPublisher, ErrorKind, Maintenance, NewEntry, Relay, RelayConfig, Result, Timestamp,
-};
+use outbox_core::{CollectingPublisher, ErrorKind, Maintenance, NewEntry, Relay, RelayConfig, Result, Timestamp};
 use outbox_diesel::Tables;
 use outbox_diesel::postgres::{PgOutbox, PgStore};
 

@@ -6,7 +6,9 @@ use std::fmt;
 use diesel::QueryableByName;
 use diesel::sql_types::{Binary, Nullable, Text};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::{AnsiTransactionManager, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection, TransactionManager};
+use diesel_async::{
+    AnsiTransactionManager, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection, TransactionManager,
+};
 use outbox_core::{
     ClaimRequest, Completion, DeadPolicy, Entry, EntryId, Maintenance, NewEntry, Requeue, Result, Stats, Status, Store,
     Timestamp,
@@ -221,10 +223,16 @@ impl MysqlStore {
         for group in locked.chunks(AGG_CHUNK) {
             let mut values = Vec::with_capacity(group.len() * 3);
             for (t, i) in group {
-                values.extend([Value::Text(t.clone()), Value::Text(i.clone()), Value::Int(request.max_per_aggregate as i64)]);
+                values.extend([
+                    Value::Text(t.clone()),
+                    Value::Text(i.clone()),
+                    Value::Int(request.max_per_aggregate as i64),
+                ]);
             }
-            let loaded: Vec<Row> =
-                bind_all(query(vec![arm.as_str(); group.len()].join(" UNION ALL ")), values).load(conn).await.map_err(err)?;
+            let loaded: Vec<Row> = bind_all(query(vec![arm.as_str(); group.len()].join(" UNION ALL ")), values)
+                .load(conn)
+                .await
+                .map_err(err)?;
             for row in loaded {
                 rows.push(row.into_entry(table)?);
             }
@@ -406,7 +414,11 @@ impl MysqlStore {
             }
             values.extend([Value::Time(NEVER), Value::Text(holder.to_string())]);
             for a in chunk {
-                values.extend([Value::Text(a.key.0.clone()), Value::Text(a.key.1.clone()), Value::Time(a.available_at)]);
+                values.extend([
+                    Value::Text(a.key.0.clone()),
+                    Value::Text(a.key.1.clone()),
+                    Value::Time(a.available_at),
+                ]);
             }
             values.extend([Value::Text(holder.to_string()), Value::Text(holder.to_string())]);
             for a in chunk {
@@ -544,11 +556,13 @@ impl Maintenance for MysqlStore {
     async fn entry(&self, id: EntryId) -> Result<Option<Entry>> {
         let what = "reading an entry";
         let mut conn = self.conn(what).await?;
-        let rows: Vec<Row> =
-            bind_all(query(format!("SELECT {COLUMNS} FROM {} WHERE id = ?", self.outbox.sql.entries)), vec![Value::Id(id)])
-                .load(&mut conn)
-                .await
-                .map_err(|e| self.outbox.err(what, e))?;
+        let rows: Vec<Row> = bind_all(
+            query(format!("SELECT {COLUMNS} FROM {} WHERE id = ?", self.outbox.sql.entries)),
+            vec![Value::Id(id)],
+        )
+        .load(&mut conn)
+        .await
+        .map_err(|e| self.outbox.err(what, e))?;
         rows.into_iter().next().map(|r| r.into_entry(self.outbox.tables().name())).transpose()
     }
 }

@@ -177,10 +177,7 @@ impl PgStore {
         &self.outbox
     }
 
-    async fn conn(
-        &self,
-        what: &str,
-    ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>> {
+    async fn conn(&self, what: &str) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>> {
         self.pool.get().await.map_err(|e| unavailable(Db::Postgres, what, e))
     }
 
@@ -288,8 +285,10 @@ impl PgStore {
         if held.is_empty() {
             return Ok(());
         }
-        let held: HashMap<EntryId, Key> =
-            held.into_iter().map(|r| (EntryId::from_u128(r.id.as_u128()), (r.aggregate_type, r.aggregate_id))).collect();
+        let held: HashMap<EntryId, Key> = held
+            .into_iter()
+            .map(|r| (EntryId::from_u128(r.id.as_u128()), (r.aggregate_type, r.aggregate_id)))
+            .collect();
         let plan = plan::plan_completion(completion, &held);
         query(&sql.complete)
             .bind::<Array<SqlUuid>, _>(plan.published.iter().map(uuid).collect::<Vec<_>>())
