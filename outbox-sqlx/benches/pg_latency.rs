@@ -8,6 +8,10 @@
 //! `Instant` it saw each entry. Latency = seen − committed (0 when the relay saw it before the
 //! writer's `COMMIT` call returned). The first second is warm-up and not counted.
 //!
+//! A third, what-if case drops the migration's NOTIFY trigger (writers then skip `pg_notify`,
+//! which serialises their commits) and lets the relay poll every 10 ms: what an option to turn
+//! the trigger off would give.
+//!
 //! Run: `cargo bench -p outbox-sqlx --bench pg_latency`. Sizes: `OUTBOX_BENCH_RATE` (entries/s,
 //! default 1000), `OUTBOX_BENCH_SECONDS` (default 10).
 
@@ -59,14 +63,32 @@ struct Outcomes {
     lagging_writes: usize,
 }
 
-async fn run(notify: bool, rate: usize, secs: usize) -> BenchResult<Outcomes> {
+/// How the relay learns about new entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `PgStore::listen` wakes the relay on each commit (the migration's trigger notifies).
+    Notify,
+    /// No listener: the relay polls with its default interval (the trigger still notifies).
+    Poll,
+    /// What-if: the NOTIFY trigger dropped (writers no longer notify) and the relay polling every 10 ms.
+    PollNoTrigger,
+}
+
+async fn run(mode: Mode, rate: usize, secs: usize) -> BenchResult<Outcomes> {
     let admin = connect(1).await?;
     let outbox = PgOutbox::new(Tables::new(unique("bench_latency"))?);
     outbox.migrate(&admin).await?;
+    let mut config = RelayConfig::default();
+    if mode == Mode::PollNoTrigger {
+        let name = outbox.tables().name();
+        sqlx::raw_sql(&format!(r#"DROP TRIGGER "{name}_notify" ON "{name}""#)).execute(&admin).await?;
+        config.poll_interval = Duration::from_millis(10);
+        config.max_poll_interval = Duration::from_millis(10);
+    }
     let store = outbox.store(connect(2).await?);
     let publisher = Stopwatch::default();
-    let relay = Arc::new(Relay::new(store.clone(), publisher.clone(), RelayConfig::default())?);
-    let listener = notify.then(|| store.listen(relay.wakeup()));
+    let relay = Arc::new(Relay::new(store.clone(), publisher.clone(), config)?);
+    let listener = (mode == Mode::Notify).then(|| store.listen(relay.wakeup()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let relay_task = {
         let relay = relay.clone();
@@ -151,10 +173,15 @@ async fn run(notify: bool, rate: usize, secs: usize) -> BenchResult<Outcomes> {
 async fn main() -> BenchResult<()> {
     let rate = env_usize("OUTBOX_BENCH_RATE", 1000).max(1);
     let secs = env_usize("OUTBOX_BENCH_SECONDS", 10).max(2);
-    for notify in [true, false] {
-        let mode = if notify { "LISTEN/NOTIFY on" } else { "LISTEN/NOTIFY off (polling, default 100 ms)" };
-        say(format!("postgres latency, {mode}, {rate}/s for {secs} s"));
-        let mut out = run(notify, rate, secs).await?;
+    for mode in [Mode::Notify, Mode::Poll, Mode::PollNoTrigger] {
+        let notify = mode == Mode::Notify;
+        let label = match mode {
+            Mode::Notify => "LISTEN/NOTIFY on",
+            Mode::Poll => "LISTEN/NOTIFY off (polling, default 100 ms)",
+            Mode::PollNoTrigger => "what-if: NOTIFY trigger dropped, polling every 10 ms",
+        };
+        say(format!("postgres latency, {label}, {rate}/s for {secs} s"));
+        let mut out = run(mode, rate, secs).await?;
         let p50 = percentile(&mut out.latencies, 50.0);
         let p99 = percentile(&mut out.latencies, 99.0);
         let max = percentile(&mut out.latencies, 100.0);
@@ -167,8 +194,8 @@ async fn main() -> BenchResult<()> {
             load_note()
         );
         let target = if notify { " (target p99 ≤ 20 ms)" } else { "" };
-        row("postgres", &format!("commit-to-publish p50, {rate}/s, {mode}"), ms(p50), "ms", &note);
-        row("postgres", &format!("commit-to-publish p99, {rate}/s, {mode}{target}"), ms(p99), "ms", &note);
+        row("postgres", &format!("commit-to-publish p50, {rate}/s, {label}"), ms(p50), "ms", &note);
+        row("postgres", &format!("commit-to-publish p99, {rate}/s, {label}{target}"), ms(p99), "ms", &note);
     }
     Ok(())
 }
