@@ -3,7 +3,8 @@
 //! PostgreSQL (best of two alternating rounds), MariaDB and an SQLite file.
 //!
 //! `cargo bench -p outbox-seaorm --bench drain` (or `cargo xtask bench`). `OUTBOX_BENCH_ENTRIES`
-//! lowers the count for a quick check; `OUTBOX_TEST_POSTGRES_URL` / `OUTBOX_TEST_MYSQL_URL` as in
+//! lowers the count for a quick check; `OUTBOX_BENCH_DATABASES=postgres,mysql,sqlite` picks the
+//! databases; `OUTBOX_BENCH_PHASES=1` prints the time spent claiming and completing; `OUTBOX_TEST_POSTGRES_URL` / `OUTBOX_TEST_MYSQL_URL` as in
 //! the tests. Prints markdown table rows.
 
 use std::time::{Duration, Instant};
@@ -181,6 +182,9 @@ fn main() -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let shape = format!("{total} x 200 B, {AGGREGATES} aggregates");
     runtime.block_on(async {
+        let only = std::env::var("OUTBOX_BENCH_DATABASES").unwrap_or_else(|_| "postgres,mysql,sqlite".into());
+        let run = |db: &str| only.split(',').any(|d| d.trim() == db);
+        if run("postgres") {
         // Alternating rounds, best of each: the order of runs on one server should not decide.
         let (mut fill, mut sea, mut sqlx) = (Duration::MAX, Duration::MAX, Duration::MAX);
         for _ in 0..ROUNDS {
@@ -198,6 +202,8 @@ fn main() -> Result<(), BoxError> {
             "| seaorm | SeaStore vs outbox-sqlx PgStore, drain PostgreSQL, {shape} | {:.2} | ratio | seaorm {sea_rate:.0}/s, sqlx {sqlx_rate:.0}/s, best of {ROUNDS} alternating rounds |",
             sea_rate / sqlx_rate
         );
+        }
+        if run("mysql") {
         let (fill, sea) = seaorm_drain(&my, total).await?;
         let sqlx = sqlx_mysql_drain(&my, total).await?;
         let (sea_rate, sqlx_rate) = (rate(total, sea), rate(total, sqlx));
@@ -209,6 +215,8 @@ fn main() -> Result<(), BoxError> {
             "| seaorm | SeaStore vs outbox-sqlx MySqlStore, drain MariaDB, {shape} | {:.2} | ratio | seaorm {sea_rate:.0}/s, sqlx {sqlx_rate:.0}/s, one round |",
             sea_rate / sqlx_rate
         );
+        }
+        if run("sqlite") {
         let dir = tempfile::tempdir()?;
         let lite = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
         let (fill, sea) = seaorm_drain(&lite, total).await?;
@@ -223,6 +231,7 @@ fn main() -> Result<(), BoxError> {
             "| seaorm | SeaStore vs outbox-sqlx SqliteStore, drain SQLite file, {shape} | {:.2} | ratio | seaorm {sea_rate:.0}/s, sqlx {sqlx_rate:.0}/s, one round |",
             sea_rate / sqlx_rate
         );
+        }
         Ok::<_, BoxError>(())
     })?;
     Ok(())

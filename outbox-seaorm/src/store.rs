@@ -124,17 +124,6 @@ impl SeaStore {
             DbBackend::Postgres => self.pg_apply_claim(&tx, req, &plan).await?,
             DbBackend::MySql | DbBackend::Sqlite => self.generic_apply_claim(&tx, req, &plan).await?,
         }
-        if self.backend == DbBackend::Sqlite {
-            // SQLite leased every aggregate it looked at; give back those the batch had no room for.
-            let seen: std::collections::HashSet<&Key> =
-                plan.leased.iter().chain(plan.parked.iter().map(|(k, _)| k)).collect();
-            let untouched: Vec<&Key> = locked.iter().filter(|k| !seen.contains(k)).collect();
-            if !untouched.is_empty() {
-                let mut q = self.q("UPDATE {aggregates} SET lease_holder = NULL, lease_expires_at = NULL WHERE ");
-                q.push_keys("", untouched);
-                tx.execute(q.statement()).await.map_err(&m)?;
-            }
-        }
         tx.commit().await.map_err(&m)?;
         Ok(plan.claimed)
     }
@@ -238,59 +227,51 @@ impl SeaStore {
         req: &ClaimRequest<'_>,
     ) -> Result<(Vec<Key>, Vec<Entry>)> {
         let m = self.err("claiming outbox entries");
-        // SQLite: one writer at a time. Writing first takes the write lock at once (a read first
-        // could not be upgraded under a concurrent writer); the lease marks the aggregates taken.
-        let mut q = self.q("UPDATE {aggregates} SET lease_holder = ");
-        q.push_bind(req.holder);
-        q.push(", lease_expires_at = ");
-        q.push_bind(self.ts(req.lease_until)?);
-        q.push(" WHERE rowid IN (SELECT rowid FROM {aggregates} WHERE unpublished > 0 AND available_at <= ");
-        q.sql = self.tables.render(&q.sql, self.backend);
+        // SQLite: one writer at a time. A write first (one that changes nothing) takes the write
+        // lock at once, as `BEGIN IMMEDIATE` would: a read first could not be upgraded under a
+        // concurrent writer. The lock then keeps other claims out until commit.
+        tx.execute(self.q("UPDATE {aggregates} SET unpublished = unpublished WHERE 1 = 0").statement())
+            .await
+            .map_err(&m)?;
+        let mut q =
+            self.q("SELECT aggregate_type, aggregate_id FROM {aggregates} WHERE unpublished > 0 AND available_at <= ");
         q.push_bind(self.ts(req.now)?);
         q.push(" AND (lease_expires_at IS NULL OR lease_expires_at <= ");
         q.push_bind(self.ts(req.now)?);
         q.push(") ORDER BY available_at LIMIT ");
         q.push_bind(plan::aggregates_for(req) as i64);
-        q.push(") RETURNING aggregate_type, aggregate_id, available_at");
         let rows = tx.query_all(q.statement()).await.map_err(&m)?;
-        let mut locked: Vec<(i64, Key)> = Vec::with_capacity(rows.len());
+        let mut locked: Vec<Key> = Vec::with_capacity(rows.len());
         for row in rows {
-            locked.push((
-                row.try_get("", "available_at").map_err(&m)?,
-                (row.try_get("", "aggregate_type").map_err(&m)?, row.try_get("", "aggregate_id").map_err(&m)?),
-            ));
+            locked.push((row.try_get_by(0).map_err(&m)?, row.try_get_by(1).map_err(&m)?));
         }
-        locked.sort();
-        let locked: Vec<Key> = locked.into_iter().map(|(_, k)| k).collect();
         if locked.is_empty() {
             return Ok((locked, Vec::new()));
         }
-        let mut q = self.q("WITH k(t, i) AS (VALUES ");
-        for (n, (t, id)) in locked.iter().enumerate() {
-            if n > 0 {
-                q.push(", ");
-            }
-            q.push("(");
-            q.push_bind(t.as_str());
-            q.push(", ");
-            q.push_bind(id.as_str());
-            q.push(")");
-        }
+        // One index range per aggregate (`ORDER BY sequence LIMIT m` on the partial index), in
+        // `UNION ALL` statements of at most 500 arms (SQLite's compound-select limit).
         let cols = entry_columns(self.backend, "");
-        q.push(&self.tables.render(
+        let arm = self.tables.render(
             &format!(
-                ") SELECT {cols} FROM (SELECT e.*, ROW_NUMBER() OVER (PARTITION BY e.aggregate_type, e.aggregate_id \
-                 ORDER BY e.sequence) AS rn FROM k JOIN {{entries}} e ON e.aggregate_type = k.t AND e.aggregate_id = k.i \
-                 WHERE e.status <> 'published'"
+                "SELECT * FROM (SELECT {cols} FROM {{entries}} WHERE aggregate_type = ? AND aggregate_id = ? \
+                 AND status <> 'published'{} ORDER BY sequence LIMIT ?)",
+                self.skip_dead(req, "")
             ),
             self.backend,
-        ));
-        q.push(&self.skip_dead(req, "e."));
-        q.push(") WHERE rn <= ");
-        q.push_bind(req.max_per_aggregate as i64);
-        let rows = tx.query_all(q.statement()).await.map_err(&m)?;
-        let entries =
-            rows.iter().map(|r| entry_from_row(self.backend, r, self.tables.name(), 0)).collect::<Result<Vec<_>>>()?;
+        );
+        let mut entries = Vec::new();
+        for group in locked.chunks(500) {
+            let mut q = Query::new(self.backend, vec![arm.as_str(); group.len()].join(" UNION ALL "));
+            for (t, id) in group {
+                q.bind(t.as_str());
+                q.bind(id.as_str());
+                q.bind(req.max_per_aggregate as i64);
+            }
+            let rows = tx.query_all(q.statement()).await.map_err(&m)?;
+            for row in &rows {
+                entries.push(entry_from_row(self.backend, row, self.tables.name(), 0)?);
+            }
+        }
         Ok((locked, entries))
     }
 
@@ -344,7 +325,7 @@ impl SeaStore {
             q.push_list(plan.claimed.iter().map(|e| self.id(e.id)));
             tx.execute(q.statement()).await.map_err(&m)?;
         }
-        if self.backend == DbBackend::MySql && !plan.leased.is_empty() {
+        if !plan.leased.is_empty() {
             let mut q = self.q("UPDATE {aggregates} SET lease_holder = ");
             q.push_bind(req.holder);
             q.push(", lease_expires_at = ");
@@ -354,7 +335,6 @@ impl SeaStore {
             tx.execute(q.statement()).await.map_err(&m)?;
         }
         if !plan.parked.is_empty() {
-            // SQLite leased every aggregate it looked at: parking also releases the lease.
             let mut q = self.q("UPDATE {aggregates} SET available_at = CASE");
             for ((t, id), at) in &plan.parked {
                 q.push(" WHEN aggregate_type = ");
@@ -365,9 +345,6 @@ impl SeaStore {
                 q.push_bind(self.ts(*at)?);
             }
             q.push(" ELSE available_at END");
-            if self.backend == DbBackend::Sqlite {
-                q.push(", lease_holder = NULL, lease_expires_at = NULL");
-            }
             q.push(" WHERE ");
             q.push_keys("", plan.parked.iter().map(|(k, _)| k));
             tx.execute(q.statement()).await.map_err(&m)?;
