@@ -83,16 +83,20 @@ pub(crate) struct Split {
     pub(crate) claim_us: AtomicU64,
     /// Time in `Store::complete`, microseconds.
     pub(crate) complete_us: AtomicU64,
+    /// Batches that failed with a retryable store error and were tried again.
+    pub(crate) retried: Arc<AtomicU64>,
 }
 
 impl Split {
     /// "claim 12.3 ms + complete 4.5 ms per batch of ~1,000".
     pub(crate) fn describe(&self) -> String {
         let n = self.batches.load(Ordering::Relaxed).max(1) as f64;
+        let retried = self.retried.load(Ordering::Relaxed);
         format!(
-            "per batch: claim {:.1} ms + complete {:.1} ms",
+            "per batch: claim {:.1} ms + complete {:.1} ms{}",
             self.claim_us.load(Ordering::Relaxed) as f64 / n / 1000.0,
-            self.complete_us.load(Ordering::Relaxed) as f64 / n / 1000.0
+            self.complete_us.load(Ordering::Relaxed) as f64 / n / 1000.0,
+            if retried > 0 { format!(", {retried} retryable store errors retried") } else { String::new() }
         )
     }
 }
@@ -123,10 +127,21 @@ where
     let mut tasks = Vec::new();
     for relay in relays {
         let done = done.clone();
+        let retried = split.retried.clone();
         tasks.push(tokio::spawn(async move {
             let mut idle_since: Option<Instant> = None;
             while done.load(Ordering::Relaxed) < total {
-                let report = relay.run_once().await?;
+                // Like `Relay::run`: a retryable store error (deadlock, lost connection) is counted
+                // and the batch tried again; anything else ends the bench.
+                let report = match relay.run_once().await {
+                    Ok(report) => report,
+                    Err(e) if e.is_retryable() => {
+                        retried.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 done.fetch_add(report.published, Ordering::Relaxed);
                 if report.claimed == 0 {
                     // Another relay holds the last aggregates: wait for it, but not forever.
