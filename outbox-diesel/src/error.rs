@@ -9,6 +9,8 @@
 //! | unique violation while writing an entry | `Validation` ("duplicate entry id") | no |
 //! | anything else | `Unexpected` | no |
 
+#![cfg_attr(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")), allow(dead_code))]
+
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use outbox_core::{Error, ErrorKind};
 

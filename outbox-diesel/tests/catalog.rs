@@ -2,6 +2,8 @@
 //! creates, compared catalog against catalog (columns, types, defaults, indexes, constraints,
 //! triggers and their function). Any difference fails.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use diesel::connection::SimpleConnection;

@@ -2,6 +2,8 @@
 //! outbox-sqlx, interleaved on the same aggregates, are drained by the sqlx store, by the diesel
 //! store, and by both at once, each exactly once and in order per aggregate.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

@@ -1,6 +1,8 @@
 //! MySQL/MariaDB: the store passes the conformance suite; rolled-back diesel transactions (sync and
 //! async) leave nothing; batch writes keep order. Needs the server of `cargo xtask services up`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use diesel::{Connection, MysqlConnection};

@@ -1,6 +1,8 @@
 //! SQLite (a file): the store passes the conformance suite; rolled-back diesel transactions
 //! leave nothing; the diesel migrations and `table!` definitions match.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;

@@ -64,11 +64,13 @@ impl PgOutbox {
 /// use diesel_async::{AsyncConnection, AsyncPgConnection};
 /// use outbox_core::NewEntry;
 ///
-/// # async fn run(conn: &mut AsyncPgConnection) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run(conn: &mut AsyncPgConnection) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// let entry = NewEntry::builder("order", "o-1", "order.placed").json("{}").build()?;
 /// conn.transaction(async |conn| {
 ///     // ... the business change with diesel-async ...
-///     outbox_diesel::postgres::enqueue_async(conn, &entry).await
+///     outbox_diesel::postgres::enqueue_async(conn, &entry).await?;
+///     // The closure's error type must come from diesel's errors and from the outbox's.
+///     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
 /// })
 /// .await?;
 /// # Ok(()) }

@@ -1,5 +1,5 @@
 //! Settings and helpers shared by the tests: real servers, unique table names.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
