@@ -21,8 +21,8 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, entry: &NewEntry) -> Result<(
     write(&Tables::default(), conn, std::slice::from_ref(entry)).await
 }
 
-/// Writes `entries` into the default outbox with `conn`, in two statements per 500 entries.
-/// See [`Outbox::enqueue_all`].
+/// Writes `entries` into the default outbox with `conn`, in two statements per 500 entries
+/// (three on MySQL). See [`Outbox::enqueue_all`].
 pub async fn enqueue_all<C: ConnectionTrait>(conn: &C, entries: &[NewEntry]) -> Result<()> {
     write(&Tables::default(), conn, entries).await
 }
@@ -74,7 +74,9 @@ impl Outbox {
     }
 
     /// Writes `entries` with `conn` as [`Outbox::enqueue`] does, in order: two statements per
-    /// 500 entries (one upsert of their aggregates, one insert), whatever their aggregates.
+    /// 500 entries (one upsert of their aggregates, in key order so concurrent batch writers
+    /// cannot deadlock, and one insert; MySQL adds a read of the new sequences), whatever their
+    /// aggregates. Entries of one aggregate get consecutive sequences in slice order.
     pub async fn enqueue_all<C: ConnectionTrait>(&self, conn: &C, entries: &[NewEntry]) -> Result<()> {
         write(&self.tables, conn, entries).await
     }
