@@ -46,6 +46,30 @@
 //! module has their `table!` definitions to join against. Other names: build a [`Tables`]
 //! (validated at once), make the module's outbox (`PgOutbox::new(tables)`, ...) and use its
 //! methods instead of the free functions; declare your `table!` with `#[sql_name = "..."]`.
+//!
+//! ## Errors inside diesel transactions
+//! The writers return [`outbox_core::Error`]. diesel's `transaction` needs the closure's error
+//! type to come from `diesel::result::Error` too, which `outbox_core::Error` cannot (neither type
+//! is this crate's): use your application's error type, or
+//! `Box<dyn std::error::Error + Send + Sync>`, as the examples do.
+//!
+//! ## Build prerequisites
+//! - `postgres`: libpq (Debian `libpq-dev`), for diesel's synchronous `PgConnection`. The
+//!   diesel-async connection itself is pure Rust (tokio-postgres).
+//! - `mysql`: libmysqlclient or MariaDB Connector/C (Debian `libmariadb-dev`), found through
+//!   pkg-config, for diesel's synchronous `MysqlConnection`. diesel-async's is pure Rust
+//!   (mysql_async).
+//! - `sqlite`: nothing: SQLite is compiled in (libsqlite3-sys `bundled`, the same libsqlite3-sys
+//!   as sqlx, so both can live in one build).
+//!
+//! ## Performance notes
+//! The stores run the same statements as outbox-sqlx's (same claim plan, same completion
+//! grouping), so their figures should be close; `cargo bench -p outbox-diesel --bench drain`
+//! prints both side by side. The known differences: the MySQL writer reads each aggregate's new
+//! sequence with an extra `SELECT LAST_INSERT_ID()` (diesel does not expose the statement's
+//! reply), PostgreSQL claims and completions set their isolation level in a statement of their
+//! own after diesel's `BEGIN`, and the SQLite store serializes its calls on one connection
+//! (SQLite has one writer anyway).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;

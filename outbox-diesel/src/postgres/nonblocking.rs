@@ -191,13 +191,12 @@ impl PgStore {
     ) -> Result<R> {
         let mut conn = self.conn(what).await?;
         let conn: &mut AsyncPgConnection = &mut conn;
-        AnsiTransactionManager::begin_transaction(conn).await.map_err(|e| self.outbox.err(what, e))?;
         // Claims and completions must read what committed before their locks were taken: each
         // statement needs a fresh snapshot, whatever the server's default isolation is.
-        let result = match conn.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").await {
-            Ok(()) => body(conn).await,
-            Err(e) => Err(self.outbox.err(what, e)),
-        };
+        AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(|e| self.outbox.err(what, e))?;
+        let result = body(conn).await;
         match result {
             Ok(r) => {
                 AnsiTransactionManager::commit_transaction(conn).await.map_err(|e| self.outbox.err(what, e))?;
