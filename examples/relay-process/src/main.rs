@@ -128,6 +128,9 @@ async fn run() -> Result<(), BoxError> {
     for t in [table.clone(), outbox.tables().name().to_string(), outbox.tables().aggregates_name()] {
         let _ = sqlx::query(&format!(r#"DROP TABLE IF EXISTS "{t}" CASCADE"#)).execute(&pool).await;
     }
+    // The migration's NOTIFY trigger function.
+    let _ =
+        sqlx::query(&format!(r#"DROP FUNCTION IF EXISTS "{}_notify"()"#, outbox.tables().name())).execute(&pool).await;
     pool.close().await;
     result
 }
