@@ -56,15 +56,19 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-diesel::table! {
-    diesel_example_shipments (id) {
-        id -> Text,
-        destination -> Text,
-        status -> Text,
+/// The business table, as diesel sees it.
+#[allow(missing_docs)] // `table!` generates items for every column
+mod schema {
+    diesel::table! {
+        diesel_example_shipments (id) {
+            id -> Text,
+            destination -> Text,
+            status -> Text,
+        }
     }
 }
 
-use diesel_example_shipments as shipments;
+use schema::diesel_example_shipments as shipments;
 
 fn setting(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
