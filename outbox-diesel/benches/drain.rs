@@ -2,7 +2,8 @@
 //! and, in the same run on the same database and the same data, from the outbox-sqlx store (a
 //! dev-dependency, for the side-by-side ratio): PostgreSQL, MariaDB and SQLite (a file).
 //!
-//! Each case gets fresh tables, filled through this crate's batch writer in transactions of
+//! The stores take turns (sqlx, diesel, diesel, sqlx) and each figure is the mean of a store's
+//! two rounds. Each round gets fresh tables, filled through this crate's batch writer in transactions of
 //! 10,000 entries (~200-byte JSON payloads over 1,000 aggregates), then analyzed. The relay uses
 //! batches of 1,000 with at most 20 entries per aggregate.
 //!
@@ -23,6 +24,16 @@ use outbox_diesel::Tables;
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 const TX: usize = 10_000;
+
+/// Which store drains each round (true: diesel): A B B A, so a drift of the machine or the
+/// server (background purge after a drain, other load) weighs on both stores alike. Each store's
+/// figure is the mean of its two rounds.
+const ORDER: [bool; 4] = [false, true, true, false];
+
+/// A progress line on stderr (the rows go to stdout).
+fn fill_done(round: usize) {
+    eprintln!("round {} of {} done", round + 1, ORDER.len());
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -133,18 +144,24 @@ async fn postgres(total: usize, aggregates: usize) -> BenchResult<Figures> {
         conn.batch_execute(&format!("VACUUM ANALYZE \"{name}_aggregates\""))?;
         Ok(took)
     };
-    let (ours, theirs) = (unique("dbench"), unique("dbench_sqlx"));
-    let enqueue = fill(&ours)?;
-    fill(&theirs)?;
-    let diesel_store = outbox_diesel::postgres::PgOutbox::new(Tables::new(&*ours)?).store(pool);
-    let sqlx_store = outbox_sqlx::PgOutbox::new(outbox_sqlx::Tables::new(&*theirs)?).store(sqlx_pool);
-    let sqlx = drain(sqlx_store, total).await?;
-    let diesel = drain(diesel_store, total).await?;
-    conn.batch_execute(&format!(
-        "DROP TABLE \"{ours}\", \"{ours}_aggregates\", \"{theirs}\", \"{theirs}_aggregates\" CASCADE; \
-         DROP FUNCTION IF EXISTS \"{ours}_notify\"(); DROP FUNCTION IF EXISTS \"{theirs}_notify\"()"
-    ))?;
-    Ok(Figures { enqueue: rate(enqueue, total), diesel, sqlx })
+    let mut figures = Figures { enqueue: 0.0, diesel: 0.0, sqlx: 0.0 };
+    for (round, diesel) in ORDER.into_iter().enumerate() {
+        let name = unique("dbench");
+        let took = fill(&name)?;
+        if diesel {
+            figures.enqueue += rate(took, total) / 2.0;
+            let store = outbox_diesel::postgres::PgOutbox::new(Tables::new(&*name)?).store(pool.clone());
+            figures.diesel += drain(store, total).await? / 2.0;
+        } else {
+            let store = outbox_sqlx::PgOutbox::new(outbox_sqlx::Tables::new(&*name)?).store(sqlx_pool.clone());
+            figures.sqlx += drain(store, total).await? / 2.0;
+        }
+        fill_done(round);
+        PgConnection::establish(&url)?.batch_execute(&format!(
+            "DROP TABLE \"{name}\", \"{name}_aggregates\" CASCADE; DROP FUNCTION IF EXISTS \"{name}_notify\"()"
+        ))?;
+    }
+    Ok(figures)
 }
 
 async fn mysql(total: usize, aggregates: usize) -> BenchResult<Figures> {
@@ -167,15 +184,22 @@ async fn mysql(total: usize, aggregates: usize) -> BenchResult<Figures> {
         conn.batch_execute(&format!("ANALYZE TABLE `{name}`, `{name}_aggregates`"))?;
         Ok(took)
     };
-    let (ours, theirs) = (unique("dbench"), unique("dbench_sqlx"));
-    let enqueue = fill(&ours)?;
-    fill(&theirs)?;
-    let diesel_store = outbox_diesel::mysql::MysqlOutbox::new(Tables::new(&*ours)?).store(pool);
-    let sqlx_store = outbox_sqlx::MySqlOutbox::new(outbox_sqlx::Tables::new(&*theirs)?).store(sqlx_pool);
-    let sqlx = drain(sqlx_store, total).await?;
-    let diesel = drain(diesel_store, total).await?;
-    conn.batch_execute(&format!("DROP TABLE `{ours}`, `{ours}_aggregates`, `{theirs}`, `{theirs}_aggregates`"))?;
-    Ok(Figures { enqueue: rate(enqueue, total), diesel, sqlx })
+    let mut figures = Figures { enqueue: 0.0, diesel: 0.0, sqlx: 0.0 };
+    for (round, diesel) in ORDER.into_iter().enumerate() {
+        let name = unique("dbench");
+        let took = fill(&name)?;
+        if diesel {
+            figures.enqueue += rate(took, total) / 2.0;
+            let store = outbox_diesel::mysql::MysqlOutbox::new(Tables::new(&*name)?).store(pool.clone());
+            figures.diesel += drain(store, total).await? / 2.0;
+        } else {
+            let store = outbox_sqlx::MySqlOutbox::new(outbox_sqlx::Tables::new(&*name)?).store(sqlx_pool.clone());
+            figures.sqlx += drain(store, total).await? / 2.0;
+        }
+        fill_done(round);
+        MysqlConnection::establish(&url)?.batch_execute(&format!("DROP TABLE `{name}`, `{name}_aggregates`"))?;
+    }
+    Ok(figures)
 }
 
 async fn sqlite(total: usize, aggregates: usize) -> BenchResult<Figures> {
@@ -195,19 +219,27 @@ async fn sqlite(total: usize, aggregates: usize) -> BenchResult<Figures> {
         conn.batch_execute("ANALYZE")?;
         Ok((took, path))
     };
-    let (enqueue, ours) = fill("diesel.db")?;
-    let (_, theirs) = fill("sqlx.db")?;
-    let diesel_store = outbox_diesel::sqlite::SqliteStore::open(&ours)?;
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&theirs)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5));
-    let sqlx_pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(2).connect_with(options).await?;
-    let sqlx_store = outbox_sqlx::SqliteOutbox::new(outbox_sqlx::Tables::default()).store(sqlx_pool);
-    let sqlx = drain(sqlx_store, total).await?;
-    let diesel = drain(diesel_store, total).await?;
-    Ok(Figures { enqueue: rate(enqueue, total), diesel, sqlx })
+    let mut figures = Figures { enqueue: 0.0, diesel: 0.0, sqlx: 0.0 };
+    for (round, diesel) in ORDER.into_iter().enumerate() {
+        let (took, path) = fill(&format!("round-{round}.db"))?;
+        if diesel {
+            figures.enqueue += rate(took, total) / 2.0;
+            figures.diesel += drain(outbox_diesel::sqlite::SqliteStore::open(&path)?, total).await? / 2.0;
+        } else {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(2).connect_with(options).await?;
+            let store = outbox_sqlx::SqliteOutbox::new(outbox_sqlx::Tables::default()).store(pool.clone());
+            figures.sqlx += drain(store, total).await? / 2.0;
+            pool.close().await;
+        }
+        fill_done(round);
+        std::fs::remove_file(&path)?;
+    }
+    Ok(figures)
 }
 
 fn main() -> BenchResult<()> {
