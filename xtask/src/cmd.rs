@@ -211,3 +211,14 @@ pub(crate) fn cargo_stdout(args: &[&str]) -> Result<String, String> {
     print!("{stdout}");
     if output.status.success() { Ok(stdout) } else { Err(format!("`{shown}` failed with {}", output.status)) }
 }
+
+/// Where cargo puts build output: `$CARGO_TARGET_DIR`, or `target/` in the workspace root.
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() { dir } else { root().join(dir) }
+        }
+        _ => root().join("target"),
+    }
+}

@@ -81,11 +81,18 @@ fn bench(crates: &[String]) -> Result<(), String> {
 }
 
 /// Runs every example package under `examples/` against the local services.
+///
+/// The examples are built once, with the same flags as the tests (`--workspace --all-features`),
+/// so nothing is rebuilt per example under another feature set; then each binary runs directly.
 fn examples() -> Result<(), String> {
     services::up()?;
+    cmd::cargo(&["build", "--workspace", "--all-features", "--bins"])?;
+    let bin_dir = cmd::target_dir().join("debug");
     for name in cmd::example_packages()? {
         println!("== example {name}");
-        cmd::cargo(&["run", "--quiet", "--package", &name])?;
+        // Without CARGO in its environment an example uses the binaries built above instead of
+        // building its own (example-relay-process would otherwise rebuild its relay binary).
+        cmd::status(std::process::Command::new(bin_dir.join(&name)).current_dir(cmd::root()).env_remove("CARGO"))?;
     }
     Ok(())
 }
