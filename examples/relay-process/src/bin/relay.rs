@@ -12,16 +12,16 @@
 //!   cargo run -p example-relay-process --bin relay
 //! ```
 //!
-//! Configuration, all from the environment (defaults in brackets):
-//! - `DATABASE_URL` [`postgres://postgres@127.0.0.1:5432/test`]
-//! - `OUTBOX_TABLE` [`outbox`]: the outbox's table name
-//! - `AMQP_URL` [`amqp://guest:guest@127.0.0.1:5672/%2f`]
-//! - `AMQP_EXCHANGE` [`orders.events`]: must exist (declared by operators or the application);
-//!   routing key = event type
-//! - `RELAY_ID` [`relay-<pid>`]: names the relay in leases and logs
-//! - `RELAY_BATCH_SIZE` [100], `RELAY_MAX_PER_AGGREGATE` [20], `RELAY_POLL_MS` [100],
-//!   `RELAY_LEASE_SECS` [30]
-//! - `RELAY_STOP_ON_STDIN_EOF` [off]: also stop when standard input closes (for a parent
+//! Configuration, all from the environment (defaults after "default"):
+//! - `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`
+//! - `OUTBOX_TABLE`, default `outbox`: the outbox's table name
+//! - `AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`
+//! - `AMQP_EXCHANGE`, default `orders.events`: must exist (declared by operators or the
+//!   application); routing key = event type
+//! - `RELAY_ID`, default `relay-<pid>`: names the relay in leases and logs
+//! - `RELAY_BATCH_SIZE` (default 100), `RELAY_MAX_PER_AGGREGATE` (20), `RELAY_POLL_MS` (100),
+//!   `RELAY_LEASE_SECS` (30)
+//! - `RELAY_STOP_ON_STDIN_EOF`, default off: also stop when standard input closes (for a parent
 //!   process that supervises its relays, like this example's application)
 
 use std::process::ExitCode;
