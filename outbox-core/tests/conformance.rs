@@ -2,7 +2,7 @@
 //! them: proof that the testkit can fail.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use outbox_core::testkit::{self, Harness, Inbox, PublisherOptions, Received};
@@ -71,13 +71,13 @@ async fn collecting_publisher_passes_the_publisher_suite() {
 #[derive(Clone)]
 struct Broken {
     inner: MemoryStore,
-    sabotage: fn(&MemoryStore, Vec<Entry>) -> Vec<Entry>,
+    sabotage: fn(Vec<Entry>) -> Vec<Entry>,
 }
 
 impl Store for Broken {
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Entry>> {
         let claimed = self.inner.claim(request).await?;
-        Ok((self.sabotage)(&self.inner, claimed))
+        Ok((self.sabotage)(claimed))
     }
     async fn complete(&self, completion: &Completion) -> Result<()> {
         self.inner.complete(completion).await
@@ -114,14 +114,14 @@ impl Harness for BrokenHarness {
     }
 }
 
-fn broken(sabotage: fn(&MemoryStore, Vec<Entry>) -> Vec<Entry>) -> BrokenHarness {
+fn broken(sabotage: fn(Vec<Entry>) -> Vec<Entry>) -> BrokenHarness {
     BrokenHarness(Broken { inner: MemoryStore::new(), sabotage })
 }
 
 #[tokio::test]
 async fn a_store_that_ignores_order_fails_the_order_check() {
     // Reverses each batch: later entries of an aggregate come before earlier ones.
-    let h = broken(|_, mut batch| {
+    let h = broken(|mut batch| {
         batch.reverse();
         batch
     });
@@ -133,7 +133,7 @@ async fn a_store_that_ignores_order_fails_the_order_check() {
 async fn a_store_that_skips_a_failed_entry_fails_the_hold_back_check() {
     // Drops the first entry of every batch when there is more than one, as a store that lets
     // later entries jump a blocked one would.
-    let h = broken(|_, batch| {
+    let h = broken(|batch| {
         let mut batch: VecDeque<Entry> = batch.into();
         if batch.len() > 1 {
             batch.pop_front();
@@ -149,7 +149,7 @@ async fn a_store_that_hands_out_entries_twice_fails_the_concurrency_check() {
     // Every claim also returns a copy of the previous claim's entries, as a store without
     // SKIP LOCKED (or without leases) would under concurrency.
     static LAST: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
-    let h = broken(|_, batch| {
+    let h = broken(|batch| {
         let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = last.clone();
         *last = batch.clone();
@@ -165,7 +165,7 @@ async fn a_store_that_hands_out_entries_twice_fails_the_concurrency_check() {
 #[tokio::test]
 async fn a_store_whose_leases_never_lapse_fails_the_lease_check() {
     // Claims nothing for entries that are processing: a crashed relay's entries are stuck.
-    let h = broken(|_, batch| {
+    let h = broken(|batch| {
         batch.into_iter().filter(|e| e.attempts > 0 || e.lease.as_ref().is_some_and(|l| l.holder != "second")).collect()
     });
     assert!(testkit::lease_expiry_makes_entries_claimable_again(&h).await.is_err());
@@ -176,7 +176,7 @@ fn the_suite_reports_a_broken_store_by_panicking() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let result = std::panic::catch_unwind(|| {
         runtime.block_on(testkit::store_suite(|| async {
-            Ok(broken(|_, mut batch| {
+            Ok(broken(|mut batch| {
                 batch.reverse();
                 batch
             }))
@@ -185,5 +185,4 @@ fn the_suite_reports_a_broken_store_by_panicking() {
     let panic = result.expect_err("the suite must panic on a broken store");
     let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("order_is_kept_per_aggregate"), "{message}");
-    let _ = Arc::new(());
 }
