@@ -24,6 +24,7 @@ pub(crate) fn aggregates_for(options_limit: Option<usize>, request: &ClaimReques
 /// The key of an aggregate.
 pub(crate) type Key = (String, String);
 
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))] // PostgreSQL plans in SQL
 /// What a claim does once it holds the locks of some aggregates.
 #[derive(Debug, Default)]
 pub(crate) struct ClaimPlan {
@@ -35,6 +36,7 @@ pub(crate) struct ClaimPlan {
     pub(crate) parked: Vec<(Key, Timestamp)>,
 }
 
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))] // PostgreSQL plans in SQL
 /// When an unclaimable entry may become claimable, or `None` if it is claimable at `now`.
 fn blocked_until(entry: &Entry, now: Timestamp) -> Option<Timestamp> {
     match entry.status {
@@ -49,6 +51,7 @@ fn blocked_until(entry: &Entry, now: Timestamp) -> Option<Timestamp> {
     }
 }
 
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))] // PostgreSQL plans in SQL
 /// Plans a claim over `locked` aggregates (in the order they were locked) given `rows`: for each
 /// of them its first unpublished entries in sequence order (at most `max_per_aggregate`, dead
 /// ones left out under [`DeadPolicy::Skip`]). `truncated` says the read stopped early (a row

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::{
-    ClaimRequest, Completion, DeadPolicy, Entry, EntryId, Error, Lease, Maintenance, NewEntry, Requeue, Result, Stats,
-    Status, Store, Timestamp, Wakeup,
+    ClaimRequest, Completion, DeadPolicy, Entry, EntryId, Error, Event, Lease, Maintenance, NewEntry, Requeue, Result,
+    Stats, Status, Store, Timestamp, Wakeup,
 };
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -40,22 +40,21 @@ use crate::error::{Db, map};
 use crate::plan::{self, Key, NEVER};
 use crate::schema::{self, Migration};
 
-/// Claims and completions read what committed before their locks were taken: each statement
-/// needs a fresh snapshot, whatever the server's default isolation is.
-const READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
-
 const COLUMNS: &str = "id, aggregate_type, aggregate_id, sequence, event_type, payload, content_type, headers::text, \
      status, attempts, created_at, available_at, published_at, last_error, lease_holder, lease_expires_at";
+
+/// [`COLUMNS`] of the claim's `taken` rows (alias `e`).
+const TAKEN: &str = "e.id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.payload, e.content_type, \
+     e.headers, e.status, e.attempts, e.created_at, e.available_at, e.published_at, e.last_error, e.lease_holder, \
+     e.lease_expires_at";
 
 /// The SQL of one outbox, rendered once with its validated, quoted names.
 struct Sql {
     enqueue: String,
     upsert_aggregates: String,
     insert_entries: String,
-    lock_aggregates: String,
-    read_heads: String,
-    mark_claimed: String,
-    lock_for_completion: String,
+    lease: String,
+    take: String,
     complete: String,
     purge: String,
     stats: String,
@@ -74,6 +73,16 @@ impl Sql {
             Status::Failed.as_str(),
             Status::Dead.as_str(),
         );
+        // Statuses an entry can have while a relay processes it: outbox-sqlx leaves the entry's
+        // own status as it was (pending, failed); other protocols write processing.
+        let open = format!("('{pending}', '{failed}', '{processing}')");
+        // Entry `e` is in the leased prefix of `lk`, one of a completion's locked aggregates.
+        let held = format!(
+            "e.aggregate_type = lk.t AND e.aggregate_id = lk.i AND e.sequence <= lk.through \
+             AND e.status IN {open}"
+        );
+        // Entry `e` is processing under the lease of its aggregate `a` (joined).
+        let leased = format!("(e.status IN {open} AND a.lease_holder IS NOT NULL AND e.sequence <= a.leased_through)");
         let requeue = |filter: &str| {
             format!(
                 "WITH r AS (UPDATE {{entries}} SET status = '{pending}', attempts = 0, available_at = $1, \
@@ -112,73 +121,98 @@ impl Sql {
                  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::text[], \
                  $8::text[], $10::timestamptz[]) AS u(id, t, i, s, ev, p, ct, h, av)"
             )),
-            lock_aggregates: r("SELECT aggregate_type, aggregate_id FROM {aggregates} \
-                 WHERE available_at <= $1 AND unpublished > 0 \
-                 AND (lease_expires_at IS NULL OR lease_expires_at <= $1) \
-                 ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED"),
-            read_heads: r(&format!(
-                "SELECT e.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, ord) CROSS JOIN LATERAL ( \
-                 SELECT {COLUMNS} FROM {{entries}} x WHERE x.aggregate_type = k.t AND x.aggregate_id = k.i \
-                 AND x.status <> '{published}' AND ($3 OR x.status <> '{dead}') \
-                 ORDER BY x.sequence LIMIT $4) e ORDER BY k.ord, e.sequence LIMIT $5"
+            lease: r("UPDATE {aggregates} a SET lease_holder = $1, lease_expires_at = $2, leased_through = NULL \
+                 FROM (SELECT aggregate_type, aggregate_id FROM {aggregates} \
+                 WHERE available_at <= $3 AND unpublished > 0 \
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
+                 ORDER BY available_at LIMIT $4 FOR UPDATE SKIP LOCKED) k \
+                 WHERE a.aggregate_type = k.aggregate_type AND a.aggregate_id = k.aggregate_id \
+                 RETURNING a.aggregate_type, a.aggregate_id, a.available_at"),
+            take: r(&format!(
+                // $1/$2 the leased aggregates in visiting order, $3 now, $4 whether dead entries
+                // block, $5 entries per aggregate, $6 entries in all, $7 the holder, $8 NEVER.
+                // `heads`: each aggregate's first unpublished entries; `ok` stays true along its
+                // due prefix (an entry another protocol left `processing` is the lease's now).
+                "WITH k AS (SELECT t, i, ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, ord)), \
+                 heads AS (SELECT k.ord, e.*, bool_and(e.status <> '{dead}' \
+                 AND (e.status = '{processing}' OR e.available_at <= $3)) \
+                 OVER (PARTITION BY k.ord ORDER BY e.sequence) AS ok \
+                 FROM k CROSS JOIN LATERAL (SELECT {COLUMNS} FROM {{entries}} x \
+                 WHERE x.aggregate_type = k.t AND x.aggregate_id = k.i AND x.status <> '{published}' \
+                 AND ($4 OR x.status <> '{dead}') ORDER BY x.sequence LIMIT $5) e), \
+                 taken AS (SELECT * FROM heads WHERE ok ORDER BY ord, sequence LIMIT $6), \
+                 first AS (SELECT DISTINCT ON (ord) ord, status, available_at, ok FROM heads ORDER BY ord, sequence), \
+                 verdict AS (SELECT k.t, k.i, tk.through, CASE WHEN tk.through IS NOT NULL OR f.ok THEN NULL \
+                 WHEN f.ord IS NULL OR f.status = '{dead}' THEN $8 ELSE f.available_at END AS park \
+                 FROM k LEFT JOIN (SELECT ord, max(sequence) AS through FROM taken GROUP BY ord) tk ON tk.ord = k.ord \
+                 LEFT JOIN first f ON f.ord = k.ord), \
+                 lk AS (SELECT a.aggregate_type AS t, a.aggregate_id AS i FROM {{aggregates}} a \
+                 JOIN k ON a.aggregate_type = k.t AND a.aggregate_id = k.i WHERE a.lease_holder = $7 \
+                 ORDER BY 1, 2 FOR UPDATE OF a), \
+                 upd AS (UPDATE {{aggregates}} a SET leased_through = v.through, \
+                 lease_holder = CASE WHEN v.through IS NULL THEN NULL ELSE a.lease_holder END, \
+                 lease_expires_at = CASE WHEN v.through IS NULL THEN NULL ELSE a.lease_expires_at END, \
+                 available_at = COALESCE(v.park, a.available_at) \
+                 FROM lk JOIN verdict v ON v.t = lk.t AND v.i = lk.i \
+                 WHERE a.aggregate_type = lk.t AND a.aggregate_id = lk.i) \
+                 SELECT {TAKEN} FROM taken e WHERE EXISTS (SELECT 1 FROM lk \
+                 WHERE lk.t = e.aggregate_type AND lk.i = e.aggregate_id) ORDER BY e.ord, e.sequence"
             )),
-            mark_claimed: r(&format!(
-                "WITH c AS (UPDATE {{entries}} SET status = '{processing}', lease_holder = $1, lease_expires_at = $2 \
-                 WHERE id = ANY($3)) \
-                 UPDATE {{aggregates}} a SET \
-                 lease_holder = CASE WHEN k.at IS NULL THEN $1 ELSE a.lease_holder END, \
-                 lease_expires_at = CASE WHEN k.at IS NULL THEN $2 ELSE a.lease_expires_at END, \
-                 available_at = COALESCE(k.at, a.available_at) \
-                 FROM unnest($4::text[], $5::text[], $6::timestamptz[]) AS k(t, i, at) \
-                 WHERE a.aggregate_type = k.t AND a.aggregate_id = k.i"
-            )),
-            lock_for_completion: r("SELECT a.aggregate_type FROM {aggregates} a \
-                 WHERE (a.aggregate_type, a.aggregate_id) IN (SELECT e.aggregate_type, e.aggregate_id \
-                 FROM {entries} e WHERE e.id = ANY($1) AND e.lease_holder = $2) \
-                 ORDER BY a.aggregate_type, a.aggregate_id FOR UPDATE"),
             complete: r(&format!(
-                "WITH pub AS (UPDATE {{entries}} SET status = '{published}', published_at = $3, \
-                 lease_holder = NULL, lease_expires_at = NULL \
-                 WHERE id = ANY($1) AND lease_holder = $2 AND status = '{processing}' \
-                 RETURNING aggregate_type, aggregate_id), \
+                // $1 published, $2 holder, $3 now, $4-$6 retries, $7/$8 dead, $9 released,
+                // $10 NEVER, $11 every id. Only aggregates the holder still leases count (`lk`,
+                // locked in key order as writers lock them); within them only the leased prefix.
+                "WITH keys AS (SELECT DISTINCT aggregate_type AS t, aggregate_id AS i FROM {{entries}} \
+                 WHERE id = ANY($11)), \
+                 lk AS (SELECT a.aggregate_type AS t, a.aggregate_id AS i, a.leased_through AS through \
+                 FROM {{aggregates}} a JOIN keys ON a.aggregate_type = keys.t AND a.aggregate_id = keys.i \
+                 WHERE a.lease_holder = $2 ORDER BY 1, 2 FOR UPDATE OF a), \
+                 pub AS (UPDATE {{entries}} e SET status = '{published}', published_at = $3, \
+                 lease_holder = NULL, lease_expires_at = NULL FROM lk \
+                 WHERE e.id = ANY($1) AND {held} RETURNING e.aggregate_type, e.aggregate_id), \
                  retry AS (UPDATE {{entries}} e SET status = '{failed}', attempts = e.attempts + 1, available_at = r.at, \
                  last_error = r.err, lease_holder = NULL, lease_expires_at = NULL \
-                 FROM unnest($4::uuid[], $5::timestamptz[], $6::text[]) AS r(id, at, err) \
-                 WHERE e.id = r.id AND e.lease_holder = $2 AND e.status = '{processing}' \
-                 RETURNING e.aggregate_type, e.aggregate_id, r.at), \
+                 FROM unnest($4::uuid[], $5::timestamptz[], $6::text[]) AS r(id, at, err), lk \
+                 WHERE e.id = r.id AND {held} RETURNING e.aggregate_type, e.aggregate_id, r.at), \
                  dead AS (UPDATE {{entries}} e SET status = '{dead}', attempts = e.attempts + 1, last_error = r.err, \
-                 lease_holder = NULL, lease_expires_at = NULL FROM unnest($7::uuid[], $8::text[]) AS r(id, err) \
-                 WHERE e.id = r.id AND e.lease_holder = $2 AND e.status = '{processing}' \
-                 RETURNING e.aggregate_type, e.aggregate_id), \
-                 rel AS (UPDATE {{entries}} SET status = '{pending}', lease_holder = NULL, lease_expires_at = NULL \
-                 WHERE id = ANY($9) AND lease_holder = $2 AND status = '{processing}' \
-                 RETURNING aggregate_type, aggregate_id), \
-                 k AS (SELECT t, i, sum(p) AS n, min(at) AS at FROM ( \
+                 lease_holder = NULL, lease_expires_at = NULL FROM unnest($7::uuid[], $8::text[]) AS r(id, err), lk \
+                 WHERE e.id = r.id AND {held}), \
+                 rel AS (UPDATE {{entries}} e SET status = '{pending}', lease_holder = NULL, lease_expires_at = NULL \
+                 FROM lk WHERE e.id = ANY($9) AND {held} AND e.status = '{processing}'), \
+                 n AS (SELECT t, i, sum(p) AS n, min(at) AS at FROM ( \
                  SELECT aggregate_type AS t, aggregate_id AS i, 1 AS p, NULL::timestamptz AS at FROM pub \
-                 UNION ALL SELECT aggregate_type, aggregate_id, 0, at FROM retry \
-                 UNION ALL SELECT aggregate_type, aggregate_id, 0, NULL FROM dead \
-                 UNION ALL SELECT aggregate_type, aggregate_id, 0, NULL FROM rel) x GROUP BY t, i) \
-                 UPDATE {{aggregates}} a SET unpublished = a.unpublished - k.n, \
-                 available_at = CASE WHEN a.unpublished - k.n <= 0 THEN $10 \
-                 WHEN a.lease_holder = $2 THEN COALESCE(k.at, $3) ELSE a.available_at END, \
-                 lease_holder = CASE WHEN a.lease_holder = $2 THEN NULL ELSE a.lease_holder END, \
-                 lease_expires_at = CASE WHEN a.lease_holder = $2 THEN NULL ELSE a.lease_expires_at END \
-                 FROM k WHERE a.aggregate_type = k.t AND a.aggregate_id = k.i"
+                 UNION ALL SELECT aggregate_type, aggregate_id, 0, at FROM retry) x GROUP BY t, i) \
+                 UPDATE {{aggregates}} a SET unpublished = a.unpublished - COALESCE(n.n, 0), \
+                 available_at = CASE WHEN a.unpublished - COALESCE(n.n, 0) <= 0 THEN $10 ELSE COALESCE(n.at, $3) END, \
+                 lease_holder = NULL, lease_expires_at = NULL, leased_through = NULL \
+                 FROM lk LEFT JOIN n ON n.t = lk.t AND n.i = lk.i \
+                 WHERE a.aggregate_type = lk.t AND a.aggregate_id = lk.i"
             )),
             purge: r(&format!(
                 "DELETE FROM {{entries}} WHERE id IN (SELECT id FROM {{entries}} \
                  WHERE status = '{published}' AND published_at < $1 ORDER BY published_at LIMIT $2)"
             )),
             stats: r(&format!(
-                "SELECT count(*) FILTER (WHERE status = '{pending}'), count(*) FILTER (WHERE status = '{processing}'), \
-                 count(*) FILTER (WHERE status = '{published}'), count(*) FILTER (WHERE status = '{failed}'), \
-                 count(*) FILTER (WHERE status = '{dead}'), min(created_at) FILTER (WHERE status <> '{published}') \
-                 FROM {{entries}}"
+                "SELECT count(*) FILTER (WHERE s = '{pending}'), count(*) FILTER (WHERE s = '{processing}'), \
+                 count(*) FILTER (WHERE s = '{published}'), count(*) FILTER (WHERE s = '{failed}'), \
+                 count(*) FILTER (WHERE s = '{dead}'), \
+                 min(created_at) FILTER (WHERE s IN ('{pending}', '{processing}', '{failed}')) \
+                 FROM (SELECT CASE WHEN {leased} THEN '{processing}' ELSE e.status END AS s, e.created_at \
+                 FROM {{entries}} e LEFT JOIN {{aggregates}} a \
+                 ON a.aggregate_type = e.aggregate_type AND a.aggregate_id = e.aggregate_id) x"
             )),
             requeue_all: r(&requeue("TRUE")),
             requeue_ids: r(&requeue("id = ANY($2)")),
             requeue_aggregate: r(&requeue("aggregate_type = $2 AND aggregate_id = $3")),
-            entry: r(&format!("SELECT {COLUMNS} FROM {{entries}} WHERE id = $1")),
+            entry: r(&format!(
+                "SELECT e.id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.payload, e.content_type, \
+                 e.headers::text, CASE WHEN {leased} THEN '{processing}' ELSE e.status END, e.attempts, e.created_at, \
+                 e.available_at, e.published_at, e.last_error, \
+                 CASE WHEN {leased} THEN a.lease_holder ELSE e.lease_holder END, \
+                 CASE WHEN {leased} THEN a.lease_expires_at ELSE e.lease_expires_at END \
+                 FROM {{entries}} e LEFT JOIN {{aggregates}} a \
+                 ON a.aggregate_type = e.aggregate_type AND a.aggregate_id = e.aggregate_id WHERE e.id = $1"
+            )),
         }
     }
 }
@@ -509,87 +543,67 @@ impl Store for PgStore {
         let table = self.outbox.tables.name();
         let k = plan::aggregates_for(self.options.aggregates_per_claim, request);
         let now = to_datetime(request.now);
-        let mut tx = self.pool.begin_with(READ_COMMITTED).await.map_err(|e| self.err(what, e))?;
-        let locked: Vec<(String, String)> = sqlx::query_as(&sql.lock_aggregates)
-            .bind(now)
-            .bind(k as i64)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| self.err(what, e))?;
-        if locked.is_empty() {
-            tx.rollback().await.map_err(|e| self.err(what, e))?;
-            return Ok(Vec::new());
-        }
-        let (types, ids): (Vec<&str>, Vec<&str>) = locked.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
-        let limit = i64::try_from(request.max_entries).unwrap_or(i64::MAX);
-        let rows = sqlx::query(&sql.read_heads)
-            .bind(&types)
-            .bind(&ids)
-            .bind(request.on_dead == DeadPolicy::Block)
-            .bind(request.max_per_aggregate as i64)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| self.err(what, e))?;
-        // Reading stops after a batch's worth of rows: aggregates cut off entirely are left alone.
-        let truncated = rows.len() as i64 >= limit;
-        let rows = rows.iter().map(|r| decode(table, r)).collect::<Result<Vec<_>>>()?;
-        let plan = plan::plan_claim(request, &locked, rows, truncated)?;
-        let claimed_ids: Vec<Uuid> = plan.claimed.iter().map(|e| Uuid::from_u128(e.id.as_u128())).collect();
-        let mut a_types = Vec::new();
-        let mut a_ids = Vec::new();
-        let mut a_at: Vec<Option<OffsetDateTime>> = Vec::new();
-        for (t, i) in &plan.leased {
-            a_types.push(t.as_str());
-            a_ids.push(i.as_str());
-            a_at.push(None);
-        }
-        for ((t, i), at) in &plan.parked {
-            a_types.push(t.as_str());
-            a_ids.push(i.as_str());
-            a_at.push(Some(to_datetime(*at)));
-        }
-        sqlx::query(&sql.mark_claimed)
+        // 1. Lease up to k due, unleased aggregates (committed at once: SKIP LOCKED never waits).
+        let mut leased: Vec<(String, String, OffsetDateTime)> = sqlx::query_as(&sql.lease)
             .bind(request.holder)
             .bind(to_datetime(request.lease_until))
-            .bind(&claimed_ids)
-            .bind(&a_types)
-            .bind(&a_ids)
-            .bind(&a_at)
-            .execute(&mut *tx)
+            .bind(now)
+            .bind(k as i64)
+            .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(what, e))?;
-        tx.commit().await.map_err(|e| self.err(what, e))?;
-        Ok(plan.claimed)
+        if leased.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Visit the longest-waiting aggregates first, as the lease query chose them.
+        leased.sort_by(|a, b| a.2.cmp(&b.2));
+        let (types, ids): (Vec<&str>, Vec<&str>) = leased.iter().map(|(t, i, _)| (t.as_str(), i.as_str())).unzip();
+        // 2. A fresh snapshot (it sees every completion that committed before step 1 locked the
+        //    aggregates): take each aggregate's due prefix, note it on the aggregate
+        //    (`leased_through`), release and park the aggregates with nothing to take.
+        let rows = sqlx::query(&sql.take)
+            .bind(&types)
+            .bind(&ids)
+            .bind(now)
+            .bind(request.on_dead == DeadPolicy::Block)
+            .bind(request.max_per_aggregate as i64)
+            .bind(i64::try_from(request.max_entries).unwrap_or(i64::MAX))
+            .bind(request.holder)
+            .bind(to_datetime(NEVER))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        let lease = Lease { holder: request.holder.to_string(), expires_at: request.lease_until };
+        rows.iter()
+            .map(|row| {
+                let mut entry = decode(table, row)?;
+                // Stored pending or failed (or processing under a lapsed lease of another
+                // protocol): processing now, under this lease.
+                let from = if entry.status == Status::Processing {
+                    entry.status.apply(Event::LeaseExpired)?
+                } else {
+                    entry.status
+                };
+                entry.status = from.apply(Event::Claim)?;
+                entry.lease = Some(lease.clone());
+                Ok(entry)
+            })
+            .collect()
     }
 
     async fn complete(&self, completion: &Completion) -> Result<()> {
         if completion.is_empty() {
             return Ok(());
         }
-        let what = "completing a batch";
-        let sql = &self.outbox.sql;
+        let uuid = |id: &EntryId| Uuid::from_u128(id.as_u128());
         let all: Vec<Uuid> = completion
             .published
             .iter()
             .chain(completion.retry.iter().map(|r| &r.id))
             .chain(completion.dead.iter().map(|d| &d.id))
             .chain(&completion.released)
-            .map(|id| Uuid::from_u128(id.as_u128()))
+            .map(uuid)
             .collect();
-        let mut tx = self.pool.begin_with(READ_COMMITTED).await.map_err(|e| self.err(what, e))?;
-        let locked = sqlx::query(&sql.lock_for_completion)
-            .bind(&all)
-            .bind(&completion.holder)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| self.err(what, e))?;
-        if locked.is_empty() {
-            // The holder holds nothing any more (its lease lapsed and others took over).
-            tx.rollback().await.map_err(|e| self.err(what, e))?;
-            return Ok(());
-        }
-        let uuid = |id: &EntryId| Uuid::from_u128(id.as_u128());
         let published: Vec<Uuid> = completion.published.iter().map(uuid).collect();
         let retry_ids: Vec<Uuid> = completion.retry.iter().map(|r| uuid(&r.id)).collect();
         let retry_at: Vec<OffsetDateTime> = completion.retry.iter().map(|r| to_datetime(r.at)).collect();
@@ -597,9 +611,9 @@ impl Store for PgStore {
         let dead_ids: Vec<Uuid> = completion.dead.iter().map(|d| uuid(&d.id)).collect();
         let dead_err: Vec<&str> = completion.dead.iter().map(|d| d.error.as_str()).collect();
         let released: Vec<Uuid> = completion.released.iter().map(uuid).collect();
-        // Entries no longer held by the holder are left alone by the statement's own conditions;
+        // One statement: entries of aggregates the holder no longer leases are left alone, and
         // the aggregates' counts come from the rows it actually changed.
-        sqlx::query(&sql.complete)
+        sqlx::query(&self.outbox.sql.complete)
             .bind(&published)
             .bind(&completion.holder)
             .bind(to_datetime(completion.now))
@@ -610,10 +624,10 @@ impl Store for PgStore {
             .bind(&dead_err)
             .bind(&released)
             .bind(to_datetime(NEVER))
-            .execute(&mut *tx)
+            .bind(&all)
+            .execute(&self.pool)
             .await
-            .map_err(|e| self.err(what, e))?;
-        tx.commit().await.map_err(|e| self.err(what, e))?;
+            .map_err(|e| self.err("completing a batch", e))?;
         Ok(())
     }
 }

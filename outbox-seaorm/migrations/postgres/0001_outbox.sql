@@ -10,7 +10,10 @@
 
 -- One row per entry. `status` holds outbox_core::Status::as_str; `headers` a JSON array of
 -- [name, value] pairs in order; `available_at` is when the entry is due (its not_before, or its
--- next retry); `lease_*` name the relay batch holding a processing entry and until when.
+-- next retry). outbox-sqlx leaves `status` pending (or failed) while a relay processes the entry:
+-- the aggregate's lease says which of its entries are being processed (see `leased_through`), so
+-- a claim writes one row per aggregate, not one per entry. `lease_*` name the relay batch holding
+-- an entry marked processing row by row (the protocol of outbox-diesel and outbox-seaorm).
 CREATE TABLE IF NOT EXISTS {entries} (
     id               uuid        NOT NULL PRIMARY KEY,
     aggregate_type   text        NOT NULL,
@@ -47,6 +50,8 @@ CREATE INDEX IF NOT EXISTS "{name}_published_at"
 --   available_at     not worth visiting before then: its first entry's due time, or
 --                    9999-12-31 when it has nothing claimable until a write or a requeue
 --   lease_holder, lease_expires_at   the relay batch claiming it, and until when
+--   leased_through   with a lease: its unpublished entries up to this sequence are the batch's
+--                    (processing), whatever their own `status` says
 CREATE TABLE IF NOT EXISTS {aggregates} (
     aggregate_type   text        NOT NULL,
     aggregate_id     text        NOT NULL,
@@ -55,15 +60,24 @@ CREATE TABLE IF NOT EXISTS {aggregates} (
     available_at     timestamptz NOT NULL,
     lease_holder     text,
     lease_expires_at timestamptz,
+    leased_through   bigint,
     PRIMARY KEY (aggregate_type, aggregate_id)
 );
+
+-- Tables made by an earlier version of this migration lack the column.
+ALTER TABLE {aggregates} ADD COLUMN IF NOT EXISTS leased_through bigint;
 
 CREATE INDEX IF NOT EXISTS "{name}_aggregates_available" ON {aggregates} (available_at);
 
 -- Wake-ups: one NOTIFY per inserting statement, delivered by PostgreSQL on commit only.
+-- PostgreSQL serializes the commits of notifying transactions, so a writer that notifies after
+-- its commit instead turns this off for its transaction (`SET LOCAL outbox.notify = 'off'`, which
+-- outbox-sqlx's `NotifyMode::AfterCommit` does in the enqueue statement itself).
 CREATE OR REPLACE FUNCTION {notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('{name}', '');
+    IF current_setting('outbox.notify', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('{name}', '');
+    END IF;
     RETURN NULL;
 END
 $$;
