@@ -4,7 +4,11 @@
 //! - **minimal outbox**: the same plus one hand-written `INSERT` into a plain outbox table (id
 //!   primary key, aggregate, event type, payload, headers, status, created_at, and a partial
 //!   index over pending rows, which any claim query needs);
-//! - **adapter**: the same plus `PgOutbox::enqueue` of one entry (aggregate = the order).
+//! - **adapter**: the same plus `PgOutbox::enqueue` of one entry (aggregate = the order),
+//!   committed with `PgOutbox::commit` under `NotifyMode::AfterCommit` (the NOTIFY goes out after
+//!   the commit, from the outbox's own connection);
+//! - **adapter, trigger**: the same under `NotifyMode::Trigger` (the migration's trigger
+//!   NOTIFYs inside the transaction; PostgreSQL serializes such commits).
 //!
 //! Cases alternate in rounds so drift (autovacuum, other load) hits each alike; figures are
 //! total transactions ÷ total time per case.
@@ -29,12 +33,16 @@ enum Case {
     Bare,
     Minimal,
     Adapter,
+    AdapterTrigger,
 }
 
 struct Setup {
     orders: String,
     minimal: String,
+    /// Under `NotifyMode::AfterCommit`.
     outbox: PgOutbox,
+    /// The same tables under `NotifyMode::Trigger`.
+    trigger: PgOutbox,
 }
 
 async fn connect(max: u32) -> BenchResult<PgPool> {
@@ -75,9 +83,11 @@ async fn one_tx(pool: &PgPool, setup: &Setup, case: Case, n: usize) -> BenchResu
             .execute(&mut *tx)
             .await?;
         }
-        Case::Adapter => {
+        Case::Adapter | Case::AdapterTrigger => {
+            let outbox = if case == Case::Adapter { &setup.outbox } else { &setup.trigger };
             let entry = NewEntry::builder("order", order_id.to_string(), "order.placed").json(payload(n)).build()?;
-            setup.outbox.enqueue(&mut tx, &entry).await?;
+            outbox.enqueue(&mut tx, &entry).await?;
+            return Ok(outbox.commit(tx).await?);
         }
     }
     tx.commit().await?;
@@ -136,15 +146,16 @@ async fn main() -> BenchResult<()> {
     ))
     .execute(&admin)
     .await?;
-    let setup = Arc::new(Setup { orders, minimal, outbox });
     let pool = connect(clients as u32).await?;
+    let setup = Arc::new(Setup { orders, minimal, trigger: outbox.clone(), outbox: outbox.notify_after_commit(&pool) });
     // Warm the connections and statement caches.
-    for case in [Case::Bare, Case::Minimal, Case::Adapter] {
+    let cases = [Case::Bare, Case::Minimal, Case::Adapter, Case::AdapterTrigger];
+    for case in cases {
         run(&pool, &setup, case, clients, 1).await?;
     }
-    let mut totals = [(0usize, Duration::ZERO); 3];
+    let mut totals = [(0usize, Duration::ZERO); 4];
     for round in 0..rounds {
-        for (i, case) in [Case::Bare, Case::Minimal, Case::Adapter].into_iter().enumerate() {
+        for (i, case) in cases.into_iter().enumerate() {
             say(format!("postgres enqueue round {}: {case:?} for {secs} s", round + 1));
             let (n, took) = run(&pool, &setup, case, clients, secs).await?;
             totals[i].0 += n;
@@ -163,14 +174,21 @@ async fn main() -> BenchResult<()> {
     );
     row(
         "postgres",
-        "business tx + 1 entry through PgOutbox::enqueue",
+        "business tx + 1 entry through PgOutbox::enqueue, NotifyMode::AfterCommit",
         format!("{:.0}", tps[2]),
         "tx/s",
-        &format!("{:.2}× bare; aggregate = the new order; {what}", tps[2] / tps[0]),
+        &format!("{:.2}× bare; aggregate = the new order; NOTIFY after commit; {what}", tps[2] / tps[0]),
     );
     row(
         "postgres",
-        "enqueue: adapter ÷ minimal INSERT (target ≥ 0.9)",
+        "business tx + 1 entry through PgOutbox::enqueue, NotifyMode::Trigger",
+        format!("{:.0}", tps[3]),
+        "tx/s",
+        &format!("{:.2}× bare, {:.2}× minimal; NOTIFY in the transaction; {what}", tps[3] / tps[0], tps[3] / tps[1]),
+    );
+    row(
+        "postgres",
+        "enqueue: adapter (AfterCommit) ÷ minimal INSERT (target ≥ 0.9)",
         format!("{:.2}", tps[2] / tps[1]),
         "ratio",
         &format!(

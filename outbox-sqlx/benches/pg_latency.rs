@@ -1,16 +1,18 @@
 //! Commit-to-publish latency on PostgreSQL at a steady rate (default 1,000 entries/s for 10 s),
-//! with LISTEN/NOTIFY wake-ups on (`PgStore::listen` wakes the relay) and off (the relay polls
-//! with its default interval: 100 ms, doubling while idle up to 2 s).
+//! with LISTEN/NOTIFY wake-ups on (`PgStore::listen` wakes the relay), sent after commit
+//! (`NotifyMode::AfterCommit`) or by the trigger inside each writer's transaction
+//! (`NotifyMode::Trigger`), and off (the relay polls with its default interval: 100 ms, doubling
+//! while idle up to 2 s).
 //!
 //! Writers (4 tasks, each on its own connection, on a fixed schedule) write one entry per
-//! transaction through `PgOutbox::enqueue` and note the `Instant` their `COMMIT` returned; the
+//! transaction through `PgOutbox::enqueue`, commit with `PgOutbox::commit` and note the `Instant`
+//! their commit returned; the
 //! relay (`Relay::run` on its own pool, default config) publishes into a publisher that notes the
 //! `Instant` it saw each entry. Latency = seen − committed (0 when the relay saw it before the
 //! writer's `COMMIT` call returned). The first second is warm-up and not counted.
 //!
-//! A third, what-if case drops the migration's NOTIFY trigger (writers then skip `pg_notify`,
-//! which serialises their commits) and lets the relay poll every 10 ms: what an option to turn
-//! the trigger off would give.
+//! Under `Trigger`, PostgreSQL serializes notifying commits: when writers cannot keep up with
+//! the rate, the note says how many writes started late.
 //!
 //! Run: `cargo bench -p outbox-sqlx --bench pg_latency`. Sizes: `OUTBOX_BENCH_RATE` (entries/s,
 //! default 1000), `OUTBOX_BENCH_SECONDS` (default 10).
@@ -66,29 +68,29 @@ struct Outcomes {
 /// How the relay learns about new entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
-    /// `PgStore::listen` wakes the relay on each commit (the migration's trigger notifies).
-    Notify,
-    /// No listener: the relay polls with its default interval (the trigger still notifies).
+    /// `NotifyMode::AfterCommit`: writers commit with `PgOutbox::commit`, which NOTIFYs after the
+    /// commit; `PgStore::listen` wakes the relay.
+    AfterCommit,
+    /// `NotifyMode::Trigger`: the migration's trigger NOTIFYs inside each writer's transaction;
+    /// `PgStore::listen` wakes the relay.
+    Trigger,
+    /// No listener: the relay polls with its default interval (writers as in `AfterCommit`).
     Poll,
-    /// What-if: the NOTIFY trigger dropped (writers no longer notify) and the relay polling every 10 ms.
-    PollNoTrigger,
 }
 
 async fn run(mode: Mode, rate: usize, secs: usize) -> BenchResult<Outcomes> {
     let admin = connect(1).await?;
-    let outbox = PgOutbox::new(Tables::new(unique("bench_latency"))?);
+    let writers_pool = connect(WRITERS as u32).await?;
+    let mut outbox = PgOutbox::new(Tables::new(unique("bench_latency"))?);
     outbox.migrate(&admin).await?;
-    let mut config = RelayConfig::default();
-    if mode == Mode::PollNoTrigger {
-        let name = outbox.tables().name();
-        sqlx::raw_sql(&format!(r#"DROP TRIGGER "{name}_notify" ON "{name}""#)).execute(&admin).await?;
-        config.poll_interval = Duration::from_millis(10);
-        config.max_poll_interval = Duration::from_millis(10);
+    if mode != Mode::Trigger {
+        outbox = outbox.notify_after_commit(&writers_pool);
     }
+    let config = RelayConfig::default();
     let store = outbox.store(connect(2).await?);
     let publisher = Stopwatch::default();
     let relay = Arc::new(Relay::new(store.clone(), publisher.clone(), config)?);
-    let listener = (mode == Mode::Notify).then(|| store.listen(relay.wakeup()));
+    let listener = (mode != Mode::Poll).then(|| store.listen(relay.wakeup()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let relay_task = {
         let relay = relay.clone();
@@ -106,7 +108,6 @@ async fn run(mode: Mode, rate: usize, secs: usize) -> BenchResult<Outcomes> {
     let total = rate * secs;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let committed: Arc<Mutex<HashMap<u128, (Instant, usize)>>> = Arc::default();
-    let writers_pool = connect(WRITERS as u32).await?;
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let mut writers = Vec::new();
     for w in 0..WRITERS {
@@ -126,7 +127,7 @@ async fn run(mode: Mode, rate: usize, secs: usize) -> BenchResult<Outcomes> {
                     .build()?;
                 let mut tx = pool.begin().await?;
                 outbox.enqueue(&mut tx, &entry).await?;
-                tx.commit().await?;
+                outbox.commit(tx).await?;
                 let at = Instant::now();
                 committed.lock().unwrap_or_else(|p| p.into_inner()).insert(entry.id().as_u128(), (at, n));
                 n += WRITERS;
@@ -173,12 +174,12 @@ async fn run(mode: Mode, rate: usize, secs: usize) -> BenchResult<Outcomes> {
 async fn main() -> BenchResult<()> {
     let rate = env_usize("OUTBOX_BENCH_RATE", 1000).max(1);
     let secs = env_usize("OUTBOX_BENCH_SECONDS", 10).max(2);
-    for mode in [Mode::Notify, Mode::Poll, Mode::PollNoTrigger] {
-        let notify = mode == Mode::Notify;
+    for mode in [Mode::AfterCommit, Mode::Trigger, Mode::Poll] {
+        let notify = mode == Mode::AfterCommit;
         let label = match mode {
-            Mode::Notify => "LISTEN/NOTIFY on",
+            Mode::AfterCommit => "LISTEN/NOTIFY on (NotifyMode::AfterCommit)",
+            Mode::Trigger => "LISTEN/NOTIFY on (NotifyMode::Trigger)",
             Mode::Poll => "LISTEN/NOTIFY off (polling, default 100 ms)",
-            Mode::PollNoTrigger => "what-if: NOTIFY trigger dropped, polling every 10 ms",
         };
         say(format!("postgres latency, {label}, {rate}/s for {secs} s"));
         let mut out = run(mode, rate, secs).await?;

@@ -149,7 +149,7 @@ pub use config::{ConfigError, MAX_SCHEMA_LEN, MAX_TABLE_LEN, Tables};
 #[cfg(feature = "mysql")]
 pub use mysql::{MySqlOutbox, MySqlStore};
 #[cfg(feature = "postgres")]
-pub use postgres::{PgOutbox, PgStore};
+pub use postgres::{NotifyMode, PgOutbox, PgStore};
 pub use schema::{MIGRATION_NAME, Migration};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOutbox, SqliteStore};

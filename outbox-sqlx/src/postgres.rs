@@ -48,11 +48,18 @@ const TAKEN: &str = "e.id, e.aggregate_type, e.aggregate_id, e.sequence, e.event
      e.headers, e.status, e.attempts, e.created_at, e.available_at, e.published_at, e.last_error, e.lease_holder, \
      e.lease_expires_at";
 
+/// Joined into an inserting statement: turns the migration's notify trigger off until the
+/// transaction ends (the trigger reads `outbox.notify`), for [`NotifyMode::AfterCommit`].
+const QUIET: &str = ", (SELECT set_config('outbox.notify', 'off', true)) AS quiet";
+
 /// The SQL of one outbox, rendered once with its validated, quoted names.
 struct Sql {
     enqueue: String,
     upsert_aggregates: String,
     insert_entries: String,
+    /// `enqueue` and `insert_entries` turning the notify trigger off for their transaction.
+    enqueue_quiet: String,
+    insert_entries_quiet: String,
     lease: String,
     take: String,
     complete: String,
@@ -76,11 +83,6 @@ impl Sql {
         // Statuses an entry can have while a relay processes it: outbox-sqlx leaves the entry's
         // own status as it was (pending, failed); other protocols write processing.
         let open = format!("('{pending}', '{failed}', '{processing}')");
-        // Entry `e` is in the leased prefix of `lk`, one of a completion's locked aggregates.
-        let held = format!(
-            "e.aggregate_type = lk.t AND e.aggregate_id = lk.i AND e.sequence <= lk.through \
-             AND e.status IN {open}"
-        );
         // Entry `e` is processing under the lease of its aggregate `a` (joined).
         let leased = format!("(e.status IN {open} AND a.lease_holder IS NOT NULL AND e.sequence <= a.leased_through)");
         let requeue = |filter: &str| {
@@ -94,9 +96,8 @@ impl Sql {
                  SELECT count(*) FROM r"
             )
         };
-        let r = |sql: &str| tables.render(sql, '"', true);
-        Sql {
-            enqueue: r(&format!(
+        let enqueue = |quiet: &str| {
+            format!(
                 "WITH agg AS (INSERT INTO {{aggregates}} AS a \
                  (aggregate_type, aggregate_id, next_sequence, unpublished, available_at) VALUES ($2, $3, 1, 1, $9) \
                  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET next_sequence = a.next_sequence + 1, \
@@ -104,8 +105,22 @@ impl Sql {
                  RETURNING next_sequence) \
                  INSERT INTO {{entries}} (id, aggregate_type, aggregate_id, sequence, event_type, payload, \
                  content_type, headers, status, attempts, created_at, available_at) \
-                 SELECT $1, $2, $3, agg.next_sequence, $4, $5, $6, $7::jsonb, '{pending}', 0, $8, $9 FROM agg"
-            )),
+                 SELECT $1, $2, $3, agg.next_sequence, $4, $5, $6, $7::jsonb, '{pending}', 0, $8, $9 FROM agg{quiet}"
+            )
+        };
+        let insert_entries = |quiet: &str| {
+            format!(
+                "INSERT INTO {{entries}} (id, aggregate_type, aggregate_id, sequence, event_type, payload, \
+                 content_type, headers, status, attempts, created_at, available_at) \
+                 SELECT u.id, u.t, u.i, u.s, u.ev, u.p, u.ct, u.h::jsonb, '{pending}', 0, $9, u.av \
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::text[], \
+                 $8::text[], $10::timestamptz[]) AS u(id, t, i, s, ev, p, ct, h, av){quiet}"
+            )
+        };
+        let r = |sql: &str| tables.render(sql, '"', true);
+        Sql {
+            enqueue: r(&enqueue("")),
+            enqueue_quiet: r(&enqueue(QUIET)),
             upsert_aggregates: r("INSERT INTO {aggregates} AS a \
                  (aggregate_type, aggregate_id, next_sequence, unpublished, available_at) \
                  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $3::int8[], $4::timestamptz[]) \
@@ -114,13 +129,8 @@ impl Sql {
                  unpublished = a.unpublished + EXCLUDED.unpublished, \
                  available_at = LEAST(a.available_at, EXCLUDED.available_at) \
                  RETURNING aggregate_type, aggregate_id, next_sequence"),
-            insert_entries: r(&format!(
-                "INSERT INTO {{entries}} (id, aggregate_type, aggregate_id, sequence, event_type, payload, \
-                 content_type, headers, status, attempts, created_at, available_at) \
-                 SELECT u.id, u.t, u.i, u.s, u.ev, u.p, u.ct, u.h::jsonb, '{pending}', 0, $9, u.av \
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::bytea[], $7::text[], \
-                 $8::text[], $10::timestamptz[]) AS u(id, t, i, s, ev, p, ct, h, av)"
-            )),
+            insert_entries: r(&insert_entries("")),
+            insert_entries_quiet: r(&insert_entries(QUIET)),
             lease: r("UPDATE {aggregates} a SET lease_holder = $1, lease_expires_at = $2, leased_through = NULL \
                  FROM (SELECT aggregate_type, aggregate_id FROM {aggregates} \
                  WHERE available_at <= $3 AND unpublished > 0 \
@@ -146,9 +156,9 @@ impl Sql {
                  WHEN f.ord IS NULL OR f.status = '{dead}' THEN $8 ELSE f.available_at END AS park \
                  FROM k LEFT JOIN (SELECT ord, max(sequence) AS through FROM taken GROUP BY ord) tk ON tk.ord = k.ord \
                  LEFT JOIN first f ON f.ord = k.ord), \
-                 lk AS (SELECT a.aggregate_type AS t, a.aggregate_id AS i FROM {{aggregates}} a \
-                 JOIN k ON a.aggregate_type = k.t AND a.aggregate_id = k.i WHERE a.lease_holder = $7 \
-                 ORDER BY 1, 2 FOR UPDATE OF a), \
+                 lk AS (SELECT a.t, a.i FROM (SELECT t, i FROM k ORDER BY t, i) k CROSS JOIN LATERAL ( \
+                 SELECT aggregate_type AS t, aggregate_id AS i FROM {{aggregates}} \
+                 WHERE aggregate_type = k.t AND aggregate_id = k.i AND lease_holder = $7 FOR UPDATE) a), \
                  upd AS (UPDATE {{aggregates}} a SET leased_through = v.through, \
                  lease_holder = CASE WHEN v.through IS NULL THEN NULL ELSE a.lease_holder END, \
                  lease_expires_at = CASE WHEN v.through IS NULL THEN NULL ELSE a.lease_expires_at END, \
@@ -159,31 +169,34 @@ impl Sql {
                  WHERE lk.t = e.aggregate_type AND lk.i = e.aggregate_id) ORDER BY e.ord, e.sequence"
             )),
             complete: r(&format!(
-                // $1 published, $2 holder, $3 now, $4-$6 retries, $7/$8 dead, $9 released,
-                // $10 NEVER, $11 every id. Only aggregates the holder still leases count (`lk`,
-                // locked in key order as writers lock them); within them only the leased prefix.
-                "WITH keys AS (SELECT DISTINCT aggregate_type AS t, aggregate_id AS i FROM {{entries}} \
-                 WHERE id = ANY($11)), \
-                 lk AS (SELECT a.aggregate_type AS t, a.aggregate_id AS i, a.leased_through AS through \
-                 FROM {{aggregates}} a JOIN keys ON a.aggregate_type = keys.t AND a.aggregate_id = keys.i \
-                 WHERE a.lease_holder = $2 ORDER BY 1, 2 FOR UPDATE OF a), \
-                 pub AS (UPDATE {{entries}} e SET status = '{published}', published_at = $3, \
-                 lease_holder = NULL, lease_expires_at = NULL FROM lk \
-                 WHERE e.id = ANY($1) AND {held} RETURNING e.aggregate_type, e.aggregate_id), \
-                 retry AS (UPDATE {{entries}} e SET status = '{failed}', attempts = e.attempts + 1, available_at = r.at, \
-                 last_error = r.err, lease_holder = NULL, lease_expires_at = NULL \
-                 FROM unnest($4::uuid[], $5::timestamptz[], $6::text[]) AS r(id, at, err), lk \
-                 WHERE e.id = r.id AND {held} RETURNING e.aggregate_type, e.aggregate_id, r.at), \
-                 dead AS (UPDATE {{entries}} e SET status = '{dead}', attempts = e.attempts + 1, last_error = r.err, \
-                 lease_holder = NULL, lease_expires_at = NULL FROM unnest($7::uuid[], $8::text[]) AS r(id, err), lk \
-                 WHERE e.id = r.id AND {held}), \
-                 rel AS (UPDATE {{entries}} e SET status = '{pending}', lease_holder = NULL, lease_expires_at = NULL \
-                 FROM lk WHERE e.id = ANY($9) AND {held} AND e.status = '{processing}'), \
-                 n AS (SELECT t, i, sum(p) AS n, min(at) AS at FROM ( \
-                 SELECT aggregate_type AS t, aggregate_id AS i, 1 AS p, NULL::timestamptz AS at FROM pub \
-                 UNION ALL SELECT aggregate_type, aggregate_id, 0, at FROM retry) x GROUP BY t, i) \
+                // $1 ids, $2 fates (p published, r retry, d dead, x released), $3 retry times,
+                // $4 errors, $5 holder, $6 now, $7 NEVER. `mine` finds each entry's aggregate by
+                // id; only aggregates the holder still leases count (`lk`, locked in key order as
+                // writers lock them: the lateral visits the keys in order), and in them only the leased prefix (`held`). Each entry row
+                // is written once; released ones only if another protocol marked them processing.
+                "WITH c AS MATERIALIZED (SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[]) \
+                 AS c(id, fate, at, err)), \
+                 mine AS MATERIALIZED (SELECT c.*, x.aggregate_type AS t, x.aggregate_id AS i, x.sequence AS s \
+                 FROM c JOIN {{entries}} x ON x.id = c.id), \
+                 lk AS (SELECT a.* FROM (SELECT DISTINCT t, i FROM mine ORDER BY t, i) k CROSS JOIN LATERAL ( \
+                 SELECT aggregate_type AS t, aggregate_id AS i, leased_through AS through FROM {{aggregates}} \
+                 WHERE aggregate_type = k.t AND aggregate_id = k.i AND lease_holder = $5 FOR UPDATE) a), \
+                 held AS MATERIALIZED (SELECT m.* FROM mine m JOIN lk ON lk.t = m.t AND lk.i = m.i \
+                 WHERE m.s <= lk.through), \
+                 upd AS (UPDATE {{entries}} e SET \
+                 status = CASE h.fate WHEN 'p' THEN '{published}' WHEN 'r' THEN '{failed}' WHEN 'd' THEN '{dead}' \
+                 ELSE '{pending}' END, \
+                 published_at = CASE WHEN h.fate = 'p' THEN $6 ELSE e.published_at END, \
+                 attempts = e.attempts + CASE WHEN h.fate IN ('r', 'd') THEN 1 ELSE 0 END, \
+                 available_at = CASE WHEN h.fate = 'r' THEN h.at ELSE e.available_at END, \
+                 last_error = CASE WHEN h.fate IN ('r', 'd') THEN h.err ELSE e.last_error END, \
+                 lease_holder = NULL, lease_expires_at = NULL \
+                 FROM held h WHERE e.id = h.id AND e.status IN {open} \
+                 AND (h.fate <> 'x' OR e.status = '{processing}') \
+                 RETURNING e.aggregate_type AS t, e.aggregate_id AS i, h.fate, h.at), \
+                 n AS (SELECT t, i, count(*) FILTER (WHERE fate = 'p') AS n, min(at) AS at FROM upd GROUP BY t, i) \
                  UPDATE {{aggregates}} a SET unpublished = a.unpublished - COALESCE(n.n, 0), \
-                 available_at = CASE WHEN a.unpublished - COALESCE(n.n, 0) <= 0 THEN $10 ELSE COALESCE(n.at, $3) END, \
+                 available_at = CASE WHEN a.unpublished - COALESCE(n.n, 0) <= 0 THEN $7 ELSE COALESCE(n.at, $6) END, \
                  lease_holder = NULL, lease_expires_at = NULL, leased_through = NULL \
                  FROM lk LEFT JOIN n ON n.t = lk.t AND n.i = lk.i \
                  WHERE a.aggregate_type = lk.t AND a.aggregate_id = lk.i"
@@ -239,19 +252,115 @@ impl Sql {
 pub struct PgOutbox {
     tables: Tables,
     sql: Arc<Sql>,
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl fmt::Debug for PgOutbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgOutbox").field("tables", &self.tables).finish_non_exhaustive()
+        f.debug_struct("PgOutbox")
+            .field("tables", &self.tables)
+            .field("notify", &self.notify_mode())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a commit that wrote entries wakes the relays listening ([`PgStore::listen`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotifyMode {
+    /// The migration's trigger sends `NOTIFY` inside the writer's transaction; PostgreSQL
+    /// delivers it on commit only. Nothing to call. PostgreSQL serializes the commits of
+    /// notifying transactions (they take a database-wide lock through their commit), so concurrent
+    /// writers stop sharing WAL flushes: fine up to a few hundred commits per second.
+    Trigger,
+    /// [`PgOutbox::enqueue`] turns the trigger off for its transaction and the application
+    /// commits with [`PgOutbox::commit`] (or calls [`PgOutbox::notify`] after its own commit),
+    /// which sends one `NOTIFY` from a connection of the outbox's own, outside the writer's
+    /// transaction (`synchronous_commit = off`; bursts coalesce). Writers' commits stay
+    /// concurrent. A commit made without either still publishes, a relay poll interval later.
+    AfterCommit,
+}
+
+/// The after-commit `NOTIFY` sender: a task started on first use, with one connection of its
+/// own; signals arriving while it sends coalesce into one more `NOTIFY`.
+struct Notifier {
+    signal: tokio::sync::mpsc::Sender<()>,
+    start: std::sync::Mutex<Option<(tokio::sync::mpsc::Receiver<()>, PgPool, String)>>,
+}
+
+impl Notifier {
+    fn new(pool: &PgPool, channel: &str) -> Self {
+        let options = pool.connect_options().as_ref().clone().options([("synchronous_commit", "off")]);
+        let own = PgPoolOptions::new().max_connections(1).connect_lazy_with(options);
+        let (signal, rx) = tokio::sync::mpsc::channel(1);
+        Notifier { signal, start: std::sync::Mutex::new(Some((rx, own, channel.to_string()))) }
+    }
+
+    fn notify(&self) {
+        let start = self.start.lock().map(|mut s| s.take()).unwrap_or(None);
+        if let Some((mut rx, pool, channel)) = start {
+            // Outside a runtime there is no task to run it; relays still poll.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    // Ends when every clone of the outbox is gone (the sender with them).
+                    while rx.recv().await.is_some() {
+                        // A failure costs a wake-up, not an entry: relays poll meanwhile.
+                        let _ = sqlx::query("SELECT pg_notify($1, '')").bind(&channel).execute(&pool).await;
+                    }
+                    pool.close().await;
+                });
+            }
+        }
+        // Full: a NOTIFY is already due and will cover this commit too.
+        let _ = self.signal.try_send(());
     }
 }
 
 impl PgOutbox {
-    /// The outbox in `tables` (already validated).
+    /// The outbox in `tables` (already validated), waking relays with [`NotifyMode::Trigger`].
     pub fn new(tables: Tables) -> Self {
         let sql = Arc::new(Sql::new(&tables));
-        PgOutbox { tables, sql }
+        PgOutbox { tables, sql, notifier: None }
+    }
+
+    /// Switches to [`NotifyMode::AfterCommit`]: `NOTIFY`s go out after commit from a connection
+    /// opened with `pool`'s options (not taken from `pool`). Commit with [`PgOutbox::commit`].
+    ///
+    /// ```no_run
+    /// # use outbox_core::NewEntry;
+    /// # use outbox_sqlx::{PgOutbox, Tables};
+    /// # async fn run(pool: sqlx::PgPool, entry: NewEntry) -> Result<(), Box<dyn std::error::Error>> {
+    /// let outbox = PgOutbox::new(Tables::new("outbox")?).notify_after_commit(&pool);
+    /// let mut tx = pool.begin().await?;
+    /// outbox.enqueue(&mut *tx, &entry).await?;
+    /// outbox.commit(tx).await?; // commits, then wakes listening relays
+    /// # Ok(()) }
+    /// ```
+    pub fn notify_after_commit(mut self, pool: &PgPool) -> Self {
+        self.notifier = Some(Arc::new(Notifier::new(pool, self.tables.name())));
+        self
+    }
+
+    /// How commits wake relays.
+    pub fn notify_mode(&self) -> NotifyMode {
+        if self.notifier.is_some() { NotifyMode::AfterCommit } else { NotifyMode::Trigger }
+    }
+
+    /// Commits `tx`, then (under [`NotifyMode::AfterCommit`]) wakes listening relays. Under
+    /// [`NotifyMode::Trigger`] it is `tx.commit()`.
+    pub async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<()> {
+        tx.commit().await.map_err(|e| self.err("committing", e))?;
+        self.notify();
+        Ok(())
+    }
+
+    /// Wakes listening relays now, under [`NotifyMode::AfterCommit`]: call it after committing
+    /// entries some other way than [`PgOutbox::commit`]. Returns at once (the `NOTIFY` is sent by a
+    /// background task; needs a tokio runtime). Does nothing under [`NotifyMode::Trigger`].
+    pub fn notify(&self) {
+        if let Some(n) = &self.notifier {
+            n.notify();
+        }
     }
 
     /// The tables.
@@ -259,7 +368,7 @@ impl PgOutbox {
         &self.tables
     }
 
-    /// The NOTIFY channel the trigger signals on commit: the table's name.
+    /// The NOTIFY channel relays listen on: the table's name.
     pub fn channel(&self) -> &str {
         self.tables.name()
     }
@@ -287,7 +396,8 @@ impl PgOutbox {
     /// (and, as any failed statement in PostgreSQL, aborts the transaction).
     pub async fn enqueue(&self, conn: &mut PgConnection, entry: &NewEntry) -> Result<()> {
         let now = Timestamp::now();
-        sqlx::query(&self.sql.enqueue)
+        let sql = if self.notifier.is_some() { &self.sql.enqueue_quiet } else { &self.sql.enqueue };
+        sqlx::query(sql)
             .bind(Uuid::from_u128(entry.id().as_u128()))
             .bind(entry.aggregate_type())
             .bind(entry.aggregate_id())
@@ -364,7 +474,8 @@ impl PgOutbox {
             e_headers.push(plan::headers_to_json(e.headers()));
             e_avail.push(to_datetime(plan::available_at(e, now)));
         }
-        sqlx::query(&self.sql.insert_entries)
+        let sql = if self.notifier.is_some() { &self.sql.insert_entries_quiet } else { &self.sql.insert_entries };
+        sqlx::query(sql)
             .bind(&e_ids)
             .bind(&e_types)
             .bind(&e_aggs)
@@ -595,36 +706,37 @@ impl Store for PgStore {
         if completion.is_empty() {
             return Ok(());
         }
-        let uuid = |id: &EntryId| Uuid::from_u128(id.as_u128());
-        let all: Vec<Uuid> = completion
-            .published
-            .iter()
-            .chain(completion.retry.iter().map(|r| &r.id))
-            .chain(completion.dead.iter().map(|d| &d.id))
-            .chain(&completion.released)
-            .map(uuid)
-            .collect();
-        let published: Vec<Uuid> = completion.published.iter().map(uuid).collect();
-        let retry_ids: Vec<Uuid> = completion.retry.iter().map(|r| uuid(&r.id)).collect();
-        let retry_at: Vec<OffsetDateTime> = completion.retry.iter().map(|r| to_datetime(r.at)).collect();
-        let retry_err: Vec<&str> = completion.retry.iter().map(|r| r.error.as_str()).collect();
-        let dead_ids: Vec<Uuid> = completion.dead.iter().map(|d| uuid(&d.id)).collect();
-        let dead_err: Vec<&str> = completion.dead.iter().map(|d| d.error.as_str()).collect();
-        let released: Vec<Uuid> = completion.released.iter().map(uuid).collect();
+        let n = completion.len();
+        let (mut ids, mut fates, mut at, mut errors) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut push = |id: &EntryId, fate: &'static str, when: Option<Timestamp>, error: Option<&str>| {
+            ids.push(Uuid::from_u128(id.as_u128()));
+            fates.push(fate);
+            at.push(when.map(to_datetime));
+            errors.push(error.map(str::to_owned));
+        };
+        for id in &completion.published {
+            push(id, "p", None, None);
+        }
+        for r in &completion.retry {
+            push(&r.id, "r", Some(r.at), Some(&r.error));
+        }
+        for d in &completion.dead {
+            push(&d.id, "d", None, Some(&d.error));
+        }
+        for id in &completion.released {
+            push(id, "x", None, None);
+        }
         // One statement: entries of aggregates the holder no longer leases are left alone, and
         // the aggregates' counts come from the rows it actually changed.
         sqlx::query(&self.outbox.sql.complete)
-            .bind(&published)
+            .bind(&ids)
+            .bind(&fates)
+            .bind(&at)
+            .bind(&errors)
             .bind(&completion.holder)
             .bind(to_datetime(completion.now))
-            .bind(&retry_ids)
-            .bind(&retry_at)
-            .bind(&retry_err)
-            .bind(&dead_ids)
-            .bind(&dead_err)
-            .bind(&released)
             .bind(to_datetime(NEVER))
-            .bind(&all)
             .execute(&self.pool)
             .await
             .map_err(|e| self.err("completing a batch", e))?;

@@ -418,6 +418,51 @@ async fn rolled_back_write_does_not_notify() {
     assert_eq!(second.payload(), "marker", "exactly one notification per committed write, none for the rollback");
 }
 
+/// Under `NotifyMode::AfterCommit` the trigger stays quiet in the writer's transaction (so
+/// writers' commits are not serialized) and `PgOutbox::commit` sends one NOTIFY after the
+/// commit; a rolled-back write and a plain `tx.commit()` send none.
+#[tokio::test]
+async fn after_commit_mode_notifies_from_commit_only() {
+    let (pool, outbox) = fresh_outbox("aftercommit").await;
+    let outbox = outbox.notify_after_commit(&pool);
+    assert_eq!(outbox.notify_mode(), outbox_sqlx::NotifyMode::AfterCommit);
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen(outbox.channel()).await.unwrap();
+    let marker = async |text: &str| {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(outbox.channel()).bind(text).execute(&pool).await.unwrap();
+    };
+
+    // Rolled back, and committed without the outbox: no notification (the trigger is off).
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &entry("q", 0)).await.unwrap();
+    tx.rollback().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut tx, &[entry("q", 1), entry("r", 0)]).await.unwrap();
+    tx.commit().await.unwrap();
+    marker("one").await;
+    let first = listener.recv().await.unwrap();
+    assert_eq!(first.payload(), "one", "the trigger notified inside a writer's transaction");
+
+    // Committed through the outbox: one notification, after the commit.
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &entry("q", 2)).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(10), listener.recv()).await.expect("no NOTIFY after commit");
+    assert_eq!(woke.unwrap().payload(), "", "PgOutbox::commit notifies");
+
+    // The switch lasts for the writer's transaction only: a trigger-mode writer on the same
+    // connection pool still notifies from its transaction.
+    let plain = PgOutbox::new(outbox.tables().clone());
+    let mut tx = pool.begin().await.unwrap();
+    plain.enqueue(&mut tx, &entry("s", 0)).await.unwrap();
+    tx.commit().await.unwrap();
+    marker("two").await;
+    assert_eq!(listener.recv().await.unwrap().payload(), "", "trigger mode still notifies");
+    assert_eq!(listener.recv().await.unwrap().payload(), "two");
+    let store = outbox.store(pool.clone());
+    assert_eq!(store.stats(Timestamp::now()).await.unwrap().pending, 4, "every committed entry is there");
+}
+
 #[tokio::test]
 async fn requeue_all_brings_back_every_dead_entry() {
     let (pool, outbox) = fresh_outbox("requeue").await;

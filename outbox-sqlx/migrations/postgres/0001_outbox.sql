@@ -30,13 +30,14 @@ CREATE TABLE IF NOT EXISTS {entries} (
     published_at     timestamptz,
     last_error       text,
     lease_holder     text,
-    lease_expires_at timestamptz,
-    CONSTRAINT "{name}_aggregate_sequence" UNIQUE (aggregate_type, aggregate_id, sequence)
+    lease_expires_at timestamptz
 );
 
 -- Claims read an aggregate's first unpublished entries through this index: published rows are
--- not in it, so claim cost does not grow with them.
-CREATE INDEX IF NOT EXISTS "{name}_unpublished"
+-- not in it, so claim cost does not grow with them. It also keeps sequences unique among
+-- unpublished entries; there is no index over all rows' sequences, because every write of an
+-- entry would pay for it (the aggregate's row already hands each sequence out once).
+CREATE UNIQUE INDEX IF NOT EXISTS "{name}_unpublished"
     ON {entries} (aggregate_type, aggregate_id, sequence) WHERE status <> 'published';
 
 -- Purging walks published rows by publish time.
