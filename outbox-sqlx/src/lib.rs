@@ -162,6 +162,8 @@ pub struct ClaimOptions {
     /// `min(max_entries, 2 × ⌈max_entries / max_per_aggregate⌉)`: enough to fill a batch when
     /// aggregates have a few entries each, without reading far more rows than a batch holds when
     /// they have many. Raise it when most aggregates have one or two entries waiting.
+    /// The PostgreSQL store starts there and then adapts: 25% more aggregates than the entries
+    /// its recent claims found per aggregate say a full batch needs (at most `max_entries`).
     pub aggregates_per_claim: Option<usize>,
 }
 

@@ -5,6 +5,7 @@
 #![cfg_attr(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")), allow(dead_code))]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use outbox_core::{
     ClaimRequest, Completion, Dead, DeadPolicy, Entry, EntryId, Error, Event, Lease, Retry, Status, Timestamp,
@@ -19,6 +20,39 @@ pub(crate) fn aggregates_for(options_limit: Option<usize>, request: &ClaimReques
     let per = request.max_per_aggregate.max(1);
     let default = request.max_entries.div_ceil(per).saturating_mul(2).min(request.max_entries);
     options_limit.unwrap_or(default).max(1)
+}
+
+/// What recent claims took per aggregate they took entries from (× 100; 0 until the first), so
+/// the next claim leases about as many aggregates as a batch needs instead of a fixed guess.
+/// Shared by clones of a store.
+#[derive(Debug, Default)]
+pub(crate) struct Density(AtomicUsize);
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // PostgreSQL adapts; the others use the fixed rule
+impl Density {
+    /// How many aggregates the next claim leases: `options_limit` if set; else 25% more than the
+    /// observed density says a full batch needs, between `⌈max_entries / max_per_aggregate⌉` and
+    /// `max_entries`; [`aggregates_for`]'s rule until a claim has been observed.
+    pub(crate) fn aggregates_for(&self, options_limit: Option<usize>, request: &ClaimRequest<'_>) -> usize {
+        let observed = self.0.load(Ordering::Relaxed);
+        if options_limit.is_some() || observed == 0 {
+            return aggregates_for(options_limit, request);
+        }
+        let per = request.max_per_aggregate.max(1);
+        let fewest = request.max_entries.div_ceil(per).max(1);
+        request.max_entries.saturating_mul(125).div_ceil(observed).clamp(fewest, request.max_entries.max(fewest))
+    }
+
+    /// Notes that a claim took `entries` entries from `aggregates` aggregates (smoothed).
+    pub(crate) fn observe(&self, entries: usize, aggregates: usize) {
+        if entries == 0 || aggregates == 0 {
+            return;
+        }
+        let now = entries.saturating_mul(100) / aggregates;
+        let before = self.0.load(Ordering::Relaxed);
+        let next = if before == 0 { now } else { (before + now) / 2 };
+        self.0.store(next.max(1), Ordering::Relaxed);
+    }
 }
 
 /// The key of an aggregate.
@@ -280,6 +314,26 @@ mod tests {
         assert!(plan.parked.is_empty(), "b may have entries beyond the row limit: {:?}", plan.parked);
         let plan = plan_claim(&request(DeadPolicy::Block), &locked, rows, false).unwrap();
         assert_eq!(plan.parked, [(locked[1].clone(), NEVER)]);
+    }
+
+    #[test]
+    fn density_sizes_claims_to_what_batches_need() {
+        let mut req = request(DeadPolicy::Block);
+        req.max_entries = 1000;
+        req.max_per_aggregate = 20;
+        let d = Density::default();
+        assert_eq!(d.aggregates_for(None, &req), 100, "before any claim: the fixed rule (2 × 50)");
+        d.observe(1000, 50); // 20 per aggregate
+        assert_eq!(d.aggregates_for(None, &req), 63, "1.25 × the 50 a full batch needs");
+        assert_eq!(d.aggregates_for(Some(7), &req), 7, "an explicit limit wins");
+        let sparse = Density::default();
+        sparse.observe(300, 300); // one entry each
+        assert_eq!(sparse.aggregates_for(None, &req), 1000, "at most max_entries");
+        let dense = Density::default();
+        dense.observe(5000, 10); // more per aggregate than max_per_aggregate allows: never below the floor
+        assert_eq!(dense.aggregates_for(None, &req), 50);
+        d.observe(0, 0);
+        assert_eq!(d.aggregates_for(None, &req), 63, "an empty claim says nothing");
     }
 
     #[test]

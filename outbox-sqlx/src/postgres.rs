@@ -5,19 +5,30 @@
 //! - **Write**: one statement per entry: an upsert of the aggregate's row
 //!   (`INSERT … ON CONFLICT … DO UPDATE … RETURNING next_sequence`) feeding the entry's `INSERT`.
 //!   The upsert locks the aggregate's row until the caller's transaction ends, so writers of one
-//!   aggregate are serialized and sequences follow commit order. A statement-level trigger sends
-//!   `NOTIFY <table>`; PostgreSQL delivers it on commit only.
-//! - **Claim**: one short transaction: lock up to `k` due, unleased aggregates with
-//!   `FOR UPDATE SKIP LOCKED` (so relays never wait on each other), read each one's first
-//!   `max_per_aggregate` unpublished entries through the partial index (`LATERAL`), take the due
-//!   prefix, mark it processing and lease the aggregates in one statement.
-//! - **Complete**: one short transaction: lock the batch's aggregates, then ONE statement updates
-//!   every status group (`= ANY($1)` / `unnest`, each only where the holder still holds the
-//!   entry) and, from the rows those updates returned, lowers the aggregates' unpublished counts
-//!   and releases their leases.
+//!   aggregate are serialized and sequences follow commit order.
+//! - **Wake-ups** ([`NotifyMode`]): by default a statement-level trigger sends `NOTIFY <table>`,
+//!   which PostgreSQL delivers on commit only; PostgreSQL serializes the commits of notifying
+//!   transactions, so busy writers use [`NotifyMode::AfterCommit`] instead: the enqueue statement
+//!   turns the trigger off for its transaction and [`PgOutbox::commit`] sends the `NOTIFY` after
+//!   the commit, from a connection of its own. [`PgStore::listen`] wakes a relay on either.
+//! - **Claim**: two statements, each its own transaction. (1) Lease up to `k` due, unleased
+//!   aggregates (`FOR UPDATE SKIP LOCKED`, so relays never wait on each other; `k` adapts to how
+//!   many entries recent claims found per aggregate). (2) With a fresh snapshot, read each leased
+//!   aggregate's first `max_per_aggregate` unpublished entries through the partial index
+//!   (`LATERAL`), take the due prefix (in SQL), note on the aggregate row how far its lease goes
+//!   (`leased_through`), and release and park the aggregates with nothing to take. Entries are
+//!   not written: an entry is processing while its aggregate's lease covers its sequence, so a
+//!   claim writes one row per aggregate instead of one per entry.
+//! - **Complete**: one statement: lock the batch's aggregates the holder still leases (in key
+//!   order, as writers lock them), write each entry of their leased prefix once (published,
+//!   failed with its next attempt, or dead; released entries need no write), lower the
+//!   aggregates' unpublished counts by what was published, and release their leases.
 //!
-//! Claims and completions run at `READ COMMITTED` whatever the server default: their second
-//! statement must see what committed before their locks were taken.
+//! A claim's second statement runs after the first has committed, so it sees every completion
+//! that committed before the lease was taken, whatever the server's default isolation.
+//! Entries written by the per-entry protocol of outbox-diesel and outbox-seaorm (status
+//! `processing` with a lease on the entry) are understood: relays of the three adapters can share
+//! one outbox.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -509,6 +520,7 @@ pub struct PgStore {
     pool: PgPool,
     outbox: PgOutbox,
     options: ClaimOptions,
+    density: Arc<plan::Density>,
 }
 
 impl fmt::Debug for PgStore {
@@ -552,7 +564,7 @@ fn decode(table: &str, row: &PgRow) -> std::result::Result<Entry, Error> {
 impl PgStore {
     /// A store for `outbox` over `pool`, with default [`ClaimOptions`].
     pub fn new(pool: PgPool, outbox: PgOutbox) -> Self {
-        PgStore { pool, outbox, options: ClaimOptions::default() }
+        PgStore { pool, outbox, options: ClaimOptions::default(), density: Arc::default() }
     }
 
     /// Uses `options` for claims.
@@ -652,7 +664,7 @@ impl Store for PgStore {
         let what = "claiming entries";
         let sql = &self.outbox.sql;
         let table = self.outbox.tables.name();
-        let k = plan::aggregates_for(self.options.aggregates_per_claim, request);
+        let k = self.density.aggregates_for(self.options.aggregates_per_claim, request);
         let now = to_datetime(request.now);
         // 1. Lease up to k due, unleased aggregates (committed at once: SKIP LOCKED never waits).
         let mut leased: Vec<(String, String, OffsetDateTime)> = sqlx::query_as(&sql.lease)
@@ -685,7 +697,8 @@ impl Store for PgStore {
             .await
             .map_err(|e| self.err(what, e))?;
         let lease = Lease { holder: request.holder.to_string(), expires_at: request.lease_until };
-        rows.iter()
+        let entries = rows
+            .iter()
             .map(|row| {
                 let mut entry = decode(table, row)?;
                 // Stored pending or failed (or processing under a lapsed lease of another
@@ -699,7 +712,15 @@ impl Store for PgStore {
                 entry.lease = Some(lease.clone());
                 Ok(entry)
             })
-            .collect()
+            .collect::<Result<Vec<Entry>>>()?;
+        // Rows come grouped by aggregate.
+        let aggregates = entries
+            .windows(2)
+            .filter(|w| (&w[0].aggregate_type, &w[0].aggregate_id) != (&w[1].aggregate_type, &w[1].aggregate_id))
+            .count()
+            + usize::from(!entries.is_empty());
+        self.density.observe(entries.len(), aggregates);
+        Ok(entries)
     }
 
     async fn complete(&self, completion: &Completion) -> Result<()> {

@@ -93,7 +93,7 @@ impl Orders {
             .build()?;
         self.outbox.enqueue(&mut tx, &event).await?;
         if payment_ok {
-            tx.commit().await?;
+            self.outbox.commit(tx).await?; // commits, then wakes the relay (NOTIFY after commit)
         } else {
             tx.rollback().await?; // the order row AND its event are gone
         }
@@ -118,7 +118,7 @@ impl Orders {
             .correlation_id(format!("support-{id}"))
             .build()?;
         self.outbox.enqueue(&mut tx, &event).await?;
-        tx.commit().await?;
+        self.outbox.commit(tx).await?;
         Ok(event)
     }
 }
@@ -144,7 +144,9 @@ async fn run() -> Result<(), BoxError> {
     ))
     .execute(&pool)
     .await?;
-    let outbox = PgOutbox::new(Tables::new(format!("outbox_{run}"))?);
+    // NOTIFY after commit: writers' commits stay concurrent (a NOTIFY inside the transaction
+    // would serialize them); `outbox.commit(tx)` commits and then wakes listening relays.
+    let outbox = PgOutbox::new(Tables::new(format!("outbox_{run}"))?).notify_after_commit(&pool);
     outbox.migrate(&pool).await?;
     let topic = format!("orders-{run}");
     create_topic(&brokers, &topic).await?;
