@@ -137,8 +137,15 @@ async fn naive(admin: &PgPool, total: usize, aggregates: usize, batch: i64) -> B
     Ok((took, naive_split(batches, claim_t, complete_t)))
 }
 
-/// The adapter with `relays` relays, each on its own pool.
-async fn adapter(admin: &PgPool, total: usize, aggregates: usize, relays: usize) -> BenchResult<(Duration, String)> {
+/// The adapter with `relays` relays, each on its own pool: `run_once` in a loop (one batch at a
+/// time) when `in_flight` is `None`, else `Relay::run` with that many batches in flight.
+async fn adapter(
+    admin: &PgPool,
+    total: usize,
+    aggregates: usize,
+    relays: usize,
+    in_flight: Option<usize>,
+) -> BenchResult<(Duration, String)> {
     let name = unique("bench_drain");
     let outbox = PgOutbox::new(Tables::new(name.clone())?);
     outbox.migrate(admin).await?;
@@ -151,7 +158,10 @@ async fn adapter(admin: &PgPool, total: usize, aggregates: usize, relays: usize)
         stores.push(outbox.store(connect(2).await?));
     }
     let pools: Vec<PgPool> = stores.iter().map(|s| s.pool().clone()).collect();
-    let (took, split) = common::drain(stores, total).await?;
+    let (took, split) = match in_flight {
+        None => common::drain(stores, total).await?,
+        Some(n) => common::drain_running(stores, total, n).await?,
+    };
     for p in pools {
         p.close().await;
     }
@@ -199,7 +209,7 @@ async fn main() -> BenchResult<()> {
     let mut rates = Vec::new();
     for &relays in &relay_counts {
         say(format!("postgres adapter, {relays} relay(s), {size}"));
-        let (took, split) = adapter(&admin, total, aggregates, relays).await?;
+        let (took, split) = adapter(&admin, total, aggregates, relays, None).await?;
         let r = rate(total, took);
         rates.push((relays, r));
         row(
@@ -210,11 +220,28 @@ async fn main() -> BenchResult<()> {
             &format!("batches of 1,000, 20 per aggregate, order kept (checked); {split}; {}", load_note()),
         );
     }
+    say(format!("postgres adapter, 1 relay, 2 batches in flight, {size}"));
+    let (took, split) = adapter(&admin, total, aggregates, 1, Some(2)).await?;
+    let running = rate(total, took);
+    row(
+        "postgres",
+        &format!("adapter drain, 1 relay, Relay::run with max_in_flight = 2, no-op publisher, {size}"),
+        format!("{running:.0}"),
+        "entries/s",
+        &format!("batches of 1,000, 20 per aggregate, order kept (checked); {split}; {}", load_note()),
+    );
+    row(
+        "postgres",
+        "adapter 1 relay (2 batches in flight) ÷ naive loop",
+        format!("{:.2}", running / naive_rate),
+        "ratio",
+        &format!("adapter {}/s, naive {}/s, same run", thousands(running), thousands(naive_rate)),
+    );
     let of = |n: usize| rates.iter().find(|(k, _)| *k == n).map(|(_, r)| *r);
     if let Some(one) = of(1) {
         row(
             "postgres",
-            "adapter 1 relay ÷ naive loop (target ≥ 1.5)",
+            "adapter 1 relay (1 batch at a time) ÷ naive loop (target ≥ 1.5)",
             format!("{:.2}", one / naive_rate),
             "ratio",
             &format!("adapter {}/s, naive {}/s, same run", thousands(one), thousands(naive_rate)),

@@ -166,6 +166,63 @@ where
     Ok((started.elapsed(), split))
 }
 
+/// Drains like [`drain`], but with `Relay::run` and `in_flight` batches in flight per relay (the
+/// relay claims the next batch while the previous one completes), stopping once `total` entries
+/// are published.
+pub(crate) async fn drain_running<S>(
+    stores: Vec<S>,
+    total: usize,
+    in_flight: usize,
+) -> BenchResult<(Duration, Arc<Split>)>
+where
+    S: Store + Send + Sync + 'static,
+{
+    let done = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(tokio::sync::Notify::new());
+    let split = Arc::new(Split::default());
+    let mut relays = Vec::new();
+    for store in stores {
+        let (seen, done, finished) = (split.clone(), done.clone(), finished.clone());
+        let observer = move |event: &RelayEvent<'_>| {
+            if let RelayEvent::BatchCompleted { report, claim, complete, .. } = event {
+                seen.batches.fetch_add(1, Ordering::Relaxed);
+                seen.claim_us.fetch_add(claim.as_micros() as u64, Ordering::Relaxed);
+                seen.complete_us.fetch_add(complete.as_micros() as u64, Ordering::Relaxed);
+                if done.fetch_add(report.published, Ordering::Relaxed) + report.published >= total {
+                    finished.notify_waiters();
+                }
+            }
+        };
+        let config = RelayConfig {
+            observer: Arc::new(observer),
+            max_in_flight: in_flight,
+            poll_interval: Duration::from_millis(1),
+            max_poll_interval: Duration::from_millis(10),
+            ..relay_config()
+        };
+        relays.push(Arc::new(Relay::new(store, NoopPublisher, config)?));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for relay in relays {
+        let (done, finished) = (done.clone(), finished.clone());
+        tasks.push(tokio::spawn(async move {
+            relay
+                .run(async move {
+                    while done.load(Ordering::Relaxed) < total {
+                        // Woken by the last batch, or checks again after a while.
+                        let _ = tokio::time::timeout(Duration::from_millis(50), finished.notified()).await;
+                    }
+                })
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok((started.elapsed(), split))
+}
+
 /// `total` entries per second of `took`.
 pub(crate) fn rate(total: usize, took: Duration) -> f64 {
     total as f64 / took.as_secs_f64()
