@@ -3,7 +3,10 @@
 
 -- One row per entry. `status` holds outbox_core::Status::as_str; `headers` a JSON array of
 -- [name, value] pairs in order; `available_at` is when the entry is due (its not_before, or its
--- next retry); `lease_*` name the relay batch holding a processing entry and until when.
+-- next retry). outbox-sqlx leaves `status` pending (or failed) while a relay processes the entry:
+-- the aggregate's lease says which of its entries are being processed (see `leased_through`), so
+-- a claim writes one row per aggregate, not one per entry. `lease_*` name the relay batch holding
+-- an entry marked processing row by row (the protocol of outbox-diesel and outbox-seaorm).
 CREATE TABLE IF NOT EXISTS "outbox" (
     id               uuid        NOT NULL PRIMARY KEY,
     aggregate_type   text        NOT NULL,
@@ -20,13 +23,14 @@ CREATE TABLE IF NOT EXISTS "outbox" (
     published_at     timestamptz,
     last_error       text,
     lease_holder     text,
-    lease_expires_at timestamptz,
-    CONSTRAINT "outbox_aggregate_sequence" UNIQUE (aggregate_type, aggregate_id, sequence)
+    lease_expires_at timestamptz
 );
 
 -- Claims read an aggregate's first unpublished entries through this index: published rows are
--- not in it, so claim cost does not grow with them.
-CREATE INDEX IF NOT EXISTS "outbox_unpublished"
+-- not in it, so claim cost does not grow with them. It also keeps sequences unique among
+-- unpublished entries; there is no index over all rows' sequences, because every write of an
+-- entry would pay for it (the aggregate's row already hands each sequence out once).
+CREATE UNIQUE INDEX IF NOT EXISTS "outbox_unpublished"
     ON "outbox" (aggregate_type, aggregate_id, sequence) WHERE status <> 'published';
 
 -- Purging walks published rows by publish time.
@@ -40,6 +44,8 @@ CREATE INDEX IF NOT EXISTS "outbox_published_at"
 --   available_at     not worth visiting before then: its first entry's due time, or
 --                    9999-12-31 when it has nothing claimable until a write or a requeue
 --   lease_holder, lease_expires_at   the relay batch claiming it, and until when
+--   leased_through   with a lease: its unpublished entries up to this sequence are the batch's
+--                    (processing), whatever their own `status` says
 CREATE TABLE IF NOT EXISTS "outbox_aggregates" (
     aggregate_type   text        NOT NULL,
     aggregate_id     text        NOT NULL,
@@ -48,15 +54,24 @@ CREATE TABLE IF NOT EXISTS "outbox_aggregates" (
     available_at     timestamptz NOT NULL,
     lease_holder     text,
     lease_expires_at timestamptz,
+    leased_through   bigint,
     PRIMARY KEY (aggregate_type, aggregate_id)
 );
+
+-- Tables made by an earlier version of this migration lack the column.
+ALTER TABLE "outbox_aggregates" ADD COLUMN IF NOT EXISTS leased_through bigint;
 
 CREATE INDEX IF NOT EXISTS "outbox_aggregates_available" ON "outbox_aggregates" (available_at);
 
 -- Wake-ups: one NOTIFY per inserting statement, delivered by PostgreSQL on commit only.
+-- PostgreSQL serializes the commits of notifying transactions, so a writer that notifies after
+-- its commit instead turns this off for its transaction (`SET LOCAL outbox.notify = 'off'`, which
+-- outbox-sqlx's `NotifyMode::AfterCommit` does in the enqueue statement itself).
 CREATE OR REPLACE FUNCTION "outbox_notify"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('outbox', '');
+    IF current_setting('outbox.notify', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('outbox', '');
+    END IF;
     RETURN NULL;
 END
 $$;
