@@ -249,7 +249,8 @@ impl Sql {
                  count(*) FILTER (WHERE status = '{published}') AS published, \
                  count(*) FILTER (WHERE status = '{failed}') AS failed, \
                  count(*) FILTER (WHERE status = '{dead}') AS dead, \
-                 min(created_at) FILTER (WHERE status <> '{published}') AS oldest FROM {{entries}}"
+                 min(created_at) FILTER (WHERE status IN ('{pending}', '{processing}', '{failed}')) AS oldest \
+                 FROM {{entries}}"
             )),
             requeue_all: r(&requeue("TRUE")),
             requeue_ids: r(&requeue("id = ANY($2)")),

@@ -746,13 +746,15 @@ impl Maintenance for SqliteStore {
             let count = |s: Status| format!("count(CASE WHEN status = '{}' THEN 1 END)", s.as_str());
             let sql = format!(
                 "SELECT {} AS pending, {} AS processing, {} AS published, {} AS failed, {} AS dead, \
-                 min(CASE WHEN status <> '{}' THEN created_at END) AS oldest FROM {}",
+                 min(CASE WHEN status IN ('{}', '{}', '{}') THEN created_at END) AS oldest FROM {}",
                 count(Status::Pending),
                 count(Status::Processing),
                 count(Status::Published),
                 count(Status::Failed),
                 count(Status::Dead),
-                Status::Published.as_str(),
+                Status::Pending.as_str(),
+                Status::Processing.as_str(),
+                Status::Failed.as_str(),
                 outbox.sql.entries
             );
             let row: StatsRow = query(sql).get_result(conn).map_err(|e| outbox.err(what, e))?;

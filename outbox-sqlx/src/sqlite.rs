@@ -532,13 +532,15 @@ impl Maintenance for SqliteStore {
     async fn stats(&self, now: Timestamp) -> Result<Stats> {
         let count = |s: Status| format!("count(CASE WHEN status = '{}' THEN 1 END)", s.as_str());
         let sql = format!(
-            "SELECT {}, {}, {}, {}, {}, min(CASE WHEN status <> '{}' THEN created_at END) FROM {}",
+            "SELECT {}, {}, {}, {}, {}, min(CASE WHEN status IN ('{}', '{}', '{}') THEN created_at END) FROM {}",
             count(Status::Pending),
             count(Status::Processing),
             count(Status::Published),
             count(Status::Failed),
             count(Status::Dead),
-            Status::Published.as_str(),
+            Status::Pending.as_str(),
+            Status::Processing.as_str(),
+            Status::Failed.as_str(),
             self.outbox.sql.entries
         );
         let (pending, processing, published, failed, dead, oldest): (i64, i64, i64, i64, i64, Option<i64>) =

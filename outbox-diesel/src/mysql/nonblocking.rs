@@ -527,13 +527,15 @@ impl Maintenance for MysqlStore {
         let count = |s: Status| format!("CAST(count(CASE WHEN status = '{}' THEN 1 END) AS SIGNED)", s.as_str());
         let text = format!(
             "SELECT {} AS pending, {} AS processing, {} AS published, {} AS failed, {} AS dead, \
-             min(CASE WHEN status <> '{}' THEN created_at END) AS oldest FROM {}",
+             min(CASE WHEN status IN ('{}', '{}', '{}') THEN created_at END) AS oldest FROM {}",
             count(Status::Pending),
             count(Status::Processing),
             count(Status::Published),
             count(Status::Failed),
             count(Status::Dead),
-            Status::Published.as_str(),
+            Status::Pending.as_str(),
+            Status::Processing.as_str(),
+            Status::Failed.as_str(),
             self.outbox.sql.entries
         );
         let mut conn = self.conn(what).await?;
