@@ -126,7 +126,9 @@ pub struct Stats {
     pub failed: u64,
     /// Given up on; need an operator.
     pub dead: u64,
-    /// How long the oldest unpublished entry has waited since it was written.
+    /// How long the oldest entry that still has to reach the broker (pending, processing or
+    /// failed: [`Status::is_unpublished`](crate::Status::is_unpublished)) has waited since it was
+    /// written. Dead entries do not count: they wait for an operator (see `dead`).
     pub oldest_unpublished_age: Option<Duration>,
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use outbox_core::testkit::{self, Harness, Inbox, PublisherOptions, Received};
 use outbox_core::{
     ClaimRequest, CollectingPublisher, Completion, Entry, EntryId, Maintenance, MemoryStore, NewEntry, Requeue, Result,
-    Stats, Store, Timestamp,
+    Stats, Status, Store, Timestamp,
 };
 
 struct MemoryHarness(MemoryStore);
@@ -169,6 +169,89 @@ async fn a_store_whose_leases_never_lapse_fails_the_lease_check() {
         batch.into_iter().filter(|e| e.attempts > 0 || e.lease.as_ref().is_some_and(|l| l.holder != "second")).collect()
     });
     assert!(testkit::lease_expiry_makes_entries_claimable_again(&h).await.is_err());
+}
+
+/// A store whose stats age the oldest entry that is not published, dead ones included (the
+/// mistake `status <> 'published'` makes in SQL); with `beside_unpublished`, only while some
+/// entry is unpublished, so that the check's last step has to catch it. It remembers the ids
+/// written through its harness to find their creation times.
+#[derive(Clone)]
+struct AgesDeadEntries {
+    inner: MemoryStore,
+    written: std::sync::Arc<Mutex<Vec<EntryId>>>,
+    beside_unpublished: bool,
+}
+
+impl Store for AgesDeadEntries {
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Entry>> {
+        self.inner.claim(request).await
+    }
+    async fn complete(&self, completion: &Completion) -> Result<()> {
+        self.inner.complete(completion).await
+    }
+}
+
+impl Maintenance for AgesDeadEntries {
+    async fn purge_published(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        self.inner.purge_published(before, limit).await
+    }
+    async fn stats(&self, now: Timestamp) -> Result<Stats> {
+        let mut stats = self.inner.stats(now).await?;
+        if self.beside_unpublished && stats.oldest_unpublished_age.is_none() {
+            return Ok(stats);
+        }
+        let ids = self.written.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for id in ids {
+            if let Some(e) = self.inner.entry(id).await?
+                && e.status == Status::Dead
+            {
+                let age = now.saturating_duration_since(e.created_at);
+                stats.oldest_unpublished_age = Some(stats.oldest_unpublished_age.map_or(age, |a| a.max(age)));
+            }
+        }
+        Ok(stats)
+    }
+    async fn requeue_dead(&self, which: Requeue<'_>, now: Timestamp) -> Result<u64> {
+        self.inner.requeue_dead(which, now).await
+    }
+    async fn entry(&self, id: EntryId) -> Result<Option<Entry>> {
+        self.inner.entry(id).await
+    }
+}
+
+struct AgesDeadHarness(AgesDeadEntries);
+
+impl Harness for AgesDeadHarness {
+    type Store = AgesDeadEntries;
+    fn store(&self) -> AgesDeadEntries {
+        self.0.clone()
+    }
+    async fn open_store(&self) -> Result<AgesDeadEntries> {
+        Ok(self.0.clone())
+    }
+    async fn write(&self, entries: Vec<NewEntry>, commit: bool) -> Result<()> {
+        let ids: Vec<EntryId> = entries.iter().map(NewEntry::id).collect();
+        MemoryHarness(self.0.inner.clone()).write(entries, commit).await?;
+        if commit {
+            self.0.written.lock().unwrap_or_else(|p| p.into_inner()).extend(ids);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_ages_dead_entries_fails_the_oldest_age_check() {
+    let broken = |beside_unpublished| {
+        AgesDeadHarness(AgesDeadEntries { inner: MemoryStore::new(), written: Default::default(), beside_unpublished })
+    };
+    let always = testkit::stats_oldest_age_ignores_dead_entries(&broken(false))
+        .await
+        .expect_err("a store aging a lone dead entry must fail");
+    assert!(always.0.contains("no unpublished age"), "{always}");
+    let beside = testkit::stats_oldest_age_ignores_dead_entries(&broken(true))
+        .await
+        .expect_err("a store aging a dead entry older than a pending one must fail");
+    assert!(beside.0.contains("the age of the older dead entry"), "{beside}");
 }
 
 #[test]

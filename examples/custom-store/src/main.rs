@@ -14,7 +14,7 @@
 //! ```
 //!
 //! What it does:
-//! 1. proves the store with `outbox_core::testkit::store_suite` (16 checks: rollback, order per
+//! 1. proves the store with `outbox_core::testkit::store_suite` (17 checks: rollback, order per
 //!    aggregate, a failing aggregate holding back only itself, retries and dead entries, lease
 //!    expiry, delayed entries, purge, stats, three concurrent relays, ...), each on a fresh store;
 //! 2. runs a small library-loans service on it: lending and returning books, each business

@@ -539,6 +539,57 @@ pub async fn stats_count_each_status_and_the_oldest_age<H: Harness>(h: &H) -> Ch
     Ok(())
 }
 
+/// The oldest unpublished age counts only entries that still have to reach the broker
+/// ([`Status::is_unpublished`]: pending, processing, failed). A dead entry waits for an operator,
+/// not for the relay: however old, it must not make the backlog look old (operators see it in
+/// the dead count instead).
+pub async fn stats_oldest_age_ignores_dead_entries<H: Harness>(h: &H) -> CheckResult {
+    let store = h.store();
+    let old = entry("stats-age-dead", 0);
+    let old_id = old.id();
+    h.write(vec![old], true).await?;
+    let clock = Arc::new(ManualClock::new(Timestamp::now()));
+    let publisher = ScriptedPublisher::new(|e| {
+        (e.aggregate_id == "stats-age-dead").then(|| Error::new(ErrorKind::Rejected, "scripted: reject me"))
+    });
+    let report = relay(h.store(), publisher, config(Some(clock.clone())))?.run_once().await?;
+    ensure!(report.dead == 1, "the rejected entry should be dead after one batch, got {report:?}");
+    let dead = status_of(&store, old_id).await?;
+    ensure!(dead.status == Status::Dead, "the rejected entry should be dead: {dead:?}");
+    clock.set(dead.created_at.saturating_add(Duration::from_secs(3600)));
+    let only_dead = store.stats(clock.now()).await?;
+    ensure!(
+        only_dead.dead == 1 && only_dead.oldest_unpublished_age.is_none(),
+        "with one dead entry and nothing else there is no unpublished age (dead entries do not count), got {only_dead:?}"
+    );
+    // A younger entry, written strictly later than the dead one.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let young = entry("stats-age-young", 0);
+    let young_id = young.id();
+    h.write(vec![young], true).await?;
+    let young_created = status_of(&store, young_id).await?.created_at;
+    ensure!(
+        young_created > dead.created_at,
+        "setup: an entry written 10 ms after another has an earlier or equal created_at ({young_created:?} vs {:?})",
+        dead.created_at
+    );
+    clock.set(young_created.saturating_add(Duration::from_secs(3600)));
+    let stats = store.stats(clock.now()).await?;
+    ensure!((stats.pending, stats.dead) == (1, 1), "expected 1 pending and 1 dead entry, got {stats:?}");
+    let counted_dead = clock.now().saturating_duration_since(dead.created_at);
+    ensure!(
+        stats.oldest_unpublished_age == Some(Duration::from_secs(3600)),
+        "the oldest unpublished entry is the pending one, 3600 s old at the time asked; got {:?}{}",
+        stats.oldest_unpublished_age,
+        if stats.oldest_unpublished_age == Some(counted_dead) {
+            " (the age of the older dead entry: count only pending, processing and failed entries)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 /// A published entry is never handed out again, however late the claim.
 pub async fn published_entries_are_never_claimed_again<H: Harness>(h: &H) -> CheckResult {
     h.write((0..3).map(|n| entry("once", n)).collect(), true).await?;

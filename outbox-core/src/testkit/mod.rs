@@ -132,6 +132,7 @@ where
         delayed_entries_wait_and_hold_back_their_aggregate,
         purge_removes_only_old_published_in_chunks,
         stats_count_each_status_and_the_oldest_age,
+        stats_oldest_age_ignores_dead_entries,
         published_entries_are_never_claimed_again,
         large_batches_drain_in_order,
         concurrent_relays_publish_each_entry_once_in_order,
