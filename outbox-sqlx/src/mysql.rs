@@ -51,6 +51,10 @@ const IN_CHUNK: usize = 1000;
 /// Aggregates per statement.
 const AGG_CHUNK: usize = 200;
 
+/// A claim reads this many candidate aggregates per aggregate it wants to lock (other relays may
+/// hold the first ones).
+const CANDIDATES_PER_LOCK: usize = 3;
+
 fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
@@ -74,7 +78,8 @@ struct Sql {
     entries: String,
     aggregates: String,
     upsert: String,
-    lock_aggregates: String,
+    /// Due, unleased aggregates, read without locking (see [`MySqlStore::lock_candidates`]).
+    candidates: String,
 }
 
 impl Sql {
@@ -88,10 +93,9 @@ impl Sql {
                  next_sequence = LAST_INSERT_ID(next_sequence + ?), unpublished = unpublished + ?, \
                  available_at = LEAST(available_at, ?)"
             ),
-            lock_aggregates: format!(
+            candidates: format!(
                 "SELECT aggregate_type, aggregate_id FROM {aggregates} WHERE available_at <= ? AND unpublished > 0 \
-                 AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY available_at LIMIT ? \
-                 FOR UPDATE SKIP LOCKED"
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY available_at LIMIT ?"
             ),
             entries,
             aggregates,
@@ -348,6 +352,59 @@ fn bind_all<'q>(
 }
 
 impl MySqlStore {
+    /// Locks up to `k` due, unleased aggregates, without waiting for anyone. Candidates are read
+    /// first without locks (through the `available_at` index), then locked by primary key with
+    /// `SKIP LOCKED` (re-checking that they are still due and unleased): a claim never holds a
+    /// lock on the `available_at` index while it waits for a row, which is what made claims and
+    /// completions (primary key first, then that index) deadlock. It reads more candidates than it
+    /// locks, since other relays may hold the first ones.
+    async fn lock_candidates(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        request: &ClaimRequest<'_>,
+        k: usize,
+    ) -> std::result::Result<Vec<Key>, sqlx::Error> {
+        let sql = &self.outbox.sql;
+        let now = to_naive(request.now);
+        let wanted = k.saturating_mul(CANDIDATES_PER_LOCK).min(AGG_CHUNK.max(k));
+        let candidates: Vec<Key> = sqlx::query(&sql.candidates)
+            .bind(now)
+            .bind(now)
+            .bind(wanted as i64)
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| key(r, 0))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut locked: Vec<Key> = Vec::with_capacity(k);
+        for chunk in candidates.chunks(AGG_CHUNK) {
+            if locked.len() >= k {
+                break;
+            }
+            let text = format!(
+                "SELECT aggregate_type, aggregate_id FROM {} WHERE ({}) AND available_at <= ? AND unpublished > 0 \
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= ?) FOR UPDATE SKIP LOCKED",
+                sql.aggregates,
+                keys_match(chunk.len())
+            );
+            let mut q = sqlx::query(&text);
+            for (t, i) in chunk {
+                q = q.bind(t).bind(i);
+            }
+            let got: std::collections::HashSet<Key> = q
+                .bind(now)
+                .bind(now)
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|r| key(r, 0))
+                .collect::<std::result::Result<_, _>>()?;
+            // In the candidates' order (longest waiting first), at most k.
+            locked.extend(chunk.iter().filter(|c| got.contains(*c)).take(k - locked.len()).cloned());
+        }
+        Ok(locked)
+    }
+
     /// A store for `outbox` over `pool`, with default [`ClaimOptions`].
     pub fn new(pool: MySqlPool, outbox: MySqlOutbox) -> Self {
         MySqlStore { pool, outbox, options: ClaimOptions::default() }
@@ -399,15 +456,7 @@ impl Store for MySqlStore {
         let k = plan::aggregates_for(self.options.aggregates_per_claim, request);
         let mut conn = self.read_committed().await.map_err(|e| self.err(what, e))?;
         let mut tx = conn.begin().await.map_err(|e| self.err(what, e))?;
-        let now = to_naive(request.now);
-        let locked: Vec<Key> = sqlx::query(&sql.lock_aggregates)
-            .bind(now)
-            .bind(now)
-            .bind(k as i64)
-            .fetch_all(&mut *tx)
-            .await
-            .and_then(|rows| rows.iter().map(|r| key(r, 0)).collect())
-            .map_err(|e| self.err(what, e))?;
+        let locked = self.lock_candidates(&mut tx, request, k).await.map_err(|e| self.err(what, e))?;
         if locked.is_empty() {
             tx.rollback().await.map_err(|e| self.err(what, e))?;
             return Ok(Vec::new());

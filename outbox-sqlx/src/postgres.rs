@@ -679,7 +679,7 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         // Visit the longest-waiting aggregates first, as the lease query chose them.
-        leased.sort_by(|a, b| a.2.cmp(&b.2));
+        leased.sort_by_key(|a| a.2);
         let (types, ids): (Vec<&str>, Vec<&str>) = leased.iter().map(|(t, i, _)| (t.as_str(), i.as_str())).unzip();
         // 2. A fresh snapshot (it sees every completion that committed before step 1 locked the
         //    aggregates): take each aggregate's due prefix, note it on the aggregate
