@@ -43,12 +43,16 @@
 //!   `BINARY(16)` / `BLOB`), `aggregate_type`, `aggregate_id`, `sequence`, `event_type`,
 //!   `payload` (bytes), `content_type`, `headers` (JSON array of `[name, value]` pairs, in
 //!   order), `status` (`Status::as_str`), `attempts`, `created_at`, `available_at`,
-//!   `published_at`, `last_error`, `lease_holder`, `lease_expires_at`; unique
-//!   (aggregate_type, aggregate_id, sequence). Times are `timestamptz` (PostgreSQL),
-//!   `DATETIME(6)` in UTC (MySQL), `INTEGER` microseconds since the Unix epoch (SQLite).
+//!   `published_at`, `last_error`, `lease_holder`, `lease_expires_at`; (aggregate_type,
+//!   aggregate_id, sequence) unique (PostgreSQL: among unpublished entries, the partial index
+//!   below; an index over every row would cost each write). Times are `timestamptz`
+//!   (PostgreSQL), `DATETIME(6)` in UTC (MySQL), `INTEGER` microseconds since the Unix epoch
+//!   (SQLite).
 //! - `<name>_aggregates`: one row per aggregate: `next_sequence` (the last sequence given out),
 //!   `unpublished` (count of entries not yet published, dead ones included), `available_at`
-//!   (not worth visiting before then), `lease_holder`, `lease_expires_at`.
+//!   (not worth visiting before then), `lease_holder`, `lease_expires_at`; PostgreSQL also
+//!   `leased_through` (the lease covers the aggregate's unpublished entries up to this sequence:
+//!   the PostgreSQL store marks a claim on the aggregate row instead of on each entry).
 //!
 //! Indexes keep claims independent of how many published rows the table holds: PostgreSQL and
 //! SQLite have a partial index over unpublished rows (`WHERE status <> 'published'`); MySQL has

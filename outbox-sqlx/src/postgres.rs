@@ -153,7 +153,9 @@ impl Sql {
                 // $1/$2 the leased aggregates in visiting order, $3 now, $4 whether dead entries
                 // block, $5 entries per aggregate, $6 entries in all, $7 the holder, $8 NEVER.
                 // `heads`: each aggregate's first unpublished entries; `ok` stays true along its
-                // due prefix (an entry another protocol left `processing` is the lease's now).
+                // due prefix. An entry another protocol marked `processing` under a lapsed lease
+                // is the new lease's now: `adopt` clears that mark, so the old holder's late
+                // completion (which matches on it) finds nothing.
                 "WITH k AS (SELECT t, i, ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, ord)), \
                  heads AS (SELECT k.ord, e.*, bool_and(e.status <> '{dead}' \
                  AND (e.status = '{processing}' OR e.available_at <= $3)) \
@@ -175,7 +177,10 @@ impl Sql {
                  lease_expires_at = CASE WHEN v.through IS NULL THEN NULL ELSE a.lease_expires_at END, \
                  available_at = COALESCE(v.park, a.available_at) \
                  FROM lk JOIN verdict v ON v.t = lk.t AND v.i = lk.i \
-                 WHERE a.aggregate_type = lk.t AND a.aggregate_id = lk.i) \
+                 WHERE a.aggregate_type = lk.t AND a.aggregate_id = lk.i), \
+                 adopt AS (UPDATE {{entries}} x SET status = '{pending}', lease_holder = NULL, lease_expires_at = NULL \
+                 FROM taken e JOIN lk ON lk.t = e.aggregate_type AND lk.i = e.aggregate_id \
+                 WHERE x.id = e.id AND e.status = '{processing}' AND x.status = '{processing}') \
                  SELECT {TAKEN} FROM taken e WHERE EXISTS (SELECT 1 FROM lk \
                  WHERE lk.t = e.aggregate_type AND lk.i = e.aggregate_id) ORDER BY e.ord, e.sequence"
             )),

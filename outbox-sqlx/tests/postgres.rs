@@ -418,6 +418,68 @@ async fn rolled_back_write_does_not_notify() {
     assert_eq!(second.payload(), "marker", "exactly one notification per committed write, none for the rollback");
 }
 
+/// Entries that another adapter's protocol (outbox-diesel, outbox-seaorm) marked `processing`
+/// under a lease that lapsed are taken over, and their old mark is cleared, so the lapsed
+/// holder's late completion (which matches on the mark) changes nothing.
+#[tokio::test]
+async fn takes_over_entries_another_protocol_left_processing() {
+    let (pool, outbox) = fresh_outbox("adopt").await;
+    let store = outbox.store(pool.clone());
+    let entries = [entry("legacy", 0), entry("legacy", 1)];
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_batch(&mut tx, &entries).await.unwrap();
+    tx.commit().await.unwrap();
+    // What a per-entry relay leaves behind when it crashes mid-batch.
+    let (name, aggs) = (outbox.tables().name().to_string(), outbox.tables().aggregates_name());
+    let lapsed = time::OffsetDateTime::now_utc() - time::Duration::seconds(5);
+    sqlx::query(&format!(
+        r#"UPDATE "{name}" SET status = 'processing', lease_holder = 'crashed', lease_expires_at = $1"#
+    ))
+    .bind(lapsed)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!(r#"UPDATE "{aggs}" SET lease_holder = 'crashed', lease_expires_at = $1"#))
+        .bind(lapsed)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let now = Timestamp::now();
+    let request = ClaimRequest {
+        holder: "second",
+        now,
+        lease_until: now.saturating_add(Duration::from_secs(30)),
+        max_entries: 10,
+        max_per_aggregate: 10,
+        on_dead: DeadPolicy::Block,
+    };
+    let claimed = store.claim(&request).await.unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), entries.iter().map(|e| e.id()).collect::<Vec<_>>());
+    for e in &entries {
+        let seen = store.entry(e.id()).await.unwrap().unwrap();
+        assert_eq!(seen.status, outbox_core::Status::Processing);
+        assert_eq!(seen.lease.map(|l| l.holder), Some("second".to_string()));
+    }
+    // The crashed relay's late verdict, as the per-entry protocol writes it: matches nothing.
+    let late = sqlx::query(&format!(
+        r#"UPDATE "{name}" SET status = 'dead' WHERE lease_holder = 'crashed' AND status = 'processing'"#
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(late.rows_affected(), 0, "the lapsed holder's completion must not touch taken-over entries");
+    let completion = Completion {
+        holder: "second".into(),
+        now,
+        published: entries.iter().map(|e| e.id()).collect(),
+        ..Completion::default()
+    };
+    store.complete(&completion).await.unwrap();
+    let stats = store.stats(Timestamp::now()).await.unwrap();
+    assert_eq!((stats.published, stats.pending, stats.processing, stats.dead), (2, 0, 0, 0), "{stats:?}");
+}
+
 /// Under `NotifyMode::AfterCommit` the trigger stays quiet in the writer's transaction (so
 /// writers' commits are not serialized) and `PgOutbox::commit` sends one NOTIFY after the
 /// commit; a rolled-back write and a plain `tx.commit()` send none.
