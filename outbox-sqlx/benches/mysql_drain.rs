@@ -209,7 +209,11 @@ async fn main() -> BenchResult<()> {
             &format!("adapter drain, {relays} relay(s), no-op publisher, {size}"),
             format!("{r:.0}"),
             "entries/s",
-            &format!("batches of 1,000, 20 per aggregate, order kept (checked); {split}; {}", load_note()),
+            &format!(
+                "batches of 1,000, {} per aggregate, order kept (checked); {split}; {}",
+                common::relay_config().max_per_aggregate,
+                load_note()
+            ),
         );
     }
     let of = |n: usize| rates.iter().find(|(k, _)| *k == n).map(|(_, r)| *r);

@@ -124,8 +124,8 @@ async fn main() -> BenchResult<()> {
     let big_pool = connect(2).await?;
     let empty_pool = connect(2).await?;
     let cases = [
-        ("default options (2 × ⌈1000/20⌉ = 100 aggregates per claim)", ClaimOptions::default()),
-        ("aggregates_per_claim(1000): a full batch of 1,000", ClaimOptions::aggregates_per_claim(1000)),
+        ("default options (adaptive: a full batch of 1,000 aggregates of one entry)", ClaimOptions::default()),
+        ("aggregates_per_claim(100): 100 entries per claim", ClaimOptions::aggregates_per_claim(100)),
     ];
     for (label, options) in cases {
         let big_store = big.store(big_pool.clone()).with_options(options);

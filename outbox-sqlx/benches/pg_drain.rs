@@ -217,7 +217,11 @@ async fn main() -> BenchResult<()> {
             &format!("adapter drain, {relays} relay(s), no-op publisher, {size}"),
             format!("{r:.0}"),
             "entries/s",
-            &format!("batches of 1,000, 20 per aggregate, order kept (checked); {split}; {}", load_note()),
+            &format!(
+                "batches of 1,000, {} per aggregate, order kept (checked); {split}; {}",
+                common::relay_config().max_per_aggregate,
+                load_note()
+            ),
         );
     }
     say(format!("postgres adapter, 1 relay, 2 batches in flight, {size}"));
@@ -228,7 +232,11 @@ async fn main() -> BenchResult<()> {
         &format!("adapter drain, 1 relay, Relay::run with max_in_flight = 2, no-op publisher, {size}"),
         format!("{running:.0}"),
         "entries/s",
-        &format!("batches of 1,000, 20 per aggregate, order kept (checked); {split}; {}", load_note()),
+        &format!(
+            "batches of 1,000, {} per aggregate, order kept (checked); {split}; {}",
+            common::relay_config().max_per_aggregate,
+            load_note()
+        ),
     );
     row(
         "postgres",

@@ -208,7 +208,8 @@ async fn main() -> BenchResult<()> {
             format!("{r:.0}"),
             "entries/s",
             &format!(
-                "same file settings; batches of 1,000, 20 per aggregate, order kept (checked); {split}; {}",
+                "same file settings; batches of 1,000, {} per aggregate, order kept (checked); {split}; {}",
+                common::relay_config().max_per_aggregate,
                 load_note()
             ),
         );

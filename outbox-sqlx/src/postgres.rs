@@ -152,70 +152,79 @@ impl Sql {
             take: r(&format!(
                 // $1/$2 the leased aggregates in visiting order, $3 now, $4 whether dead entries
                 // block, $5 entries per aggregate, $6 entries in all, $7 the holder, $8 NEVER.
-                // `heads`: each aggregate's first unpublished entries; `ok` stays true along its
-                // due prefix. An entry another protocol marked `processing` under a lapsed lease
-                // is the new lease's now: `adopt` clears that mark, so the old holder's late
-                // completion (which matches on it) finds nothing.
+                // `lk` locks the aggregates the holder leases, in key order as writers lock them
+                // (the lateral visits the keys in order). `heads`: each one's first unpublished
+                // entries (one all-NULL row if it has none); `ok` stays true along its due prefix;
+                // `took` keeps the first $6 due rows. `verdict` per aggregate: how far the lease
+                // goes, or when to visit it again. An entry another protocol marked `processing`
+                // under a lapsed lease is the new lease's now: `adopt` clears that mark, so the old
+                // holder's late completion (which matches on it) finds nothing. Every join is a
+                // lateral or an index probe: no CTE is joined to another (their row estimates are
+                // guesses, and a nested loop over two of them is quadratic).
                 "WITH k AS (SELECT t, i, ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, ord)), \
-                 heads AS (SELECT k.ord, e.*, bool_and(e.status <> '{dead}' \
-                 AND (e.status = '{processing}' OR e.available_at <= $3)) \
-                 OVER (PARTITION BY k.ord ORDER BY e.sequence) AS ok \
-                 FROM k CROSS JOIN LATERAL (SELECT {COLUMNS} FROM {{entries}} x \
-                 WHERE x.aggregate_type = k.t AND x.aggregate_id = k.i AND x.status <> '{published}' \
-                 AND ($4 OR x.status <> '{dead}') ORDER BY x.sequence LIMIT $5) e), \
-                 taken AS (SELECT * FROM heads WHERE ok ORDER BY ord, sequence LIMIT $6), \
-                 first AS (SELECT DISTINCT ON (ord) ord, status, available_at, ok FROM heads ORDER BY ord, sequence), \
-                 verdict AS (SELECT k.t, k.i, tk.through, CASE WHEN tk.through IS NOT NULL OR f.ok THEN NULL \
-                 WHEN f.ord IS NULL OR f.status = '{dead}' THEN $8 ELSE f.available_at END AS park \
-                 FROM k LEFT JOIN (SELECT ord, max(sequence) AS through FROM taken GROUP BY ord) tk ON tk.ord = k.ord \
-                 LEFT JOIN first f ON f.ord = k.ord), \
-                 lk AS (SELECT a.t, a.i FROM (SELECT t, i FROM k ORDER BY t, i) k CROSS JOIN LATERAL ( \
-                 SELECT aggregate_type AS t, aggregate_id AS i FROM {{aggregates}} \
-                 WHERE aggregate_type = k.t AND aggregate_id = k.i AND lease_holder = $7 FOR UPDATE) a), \
+                 lk AS MATERIALIZED (SELECT k.ord, k.t, k.i FROM (SELECT t, i, ord FROM k ORDER BY t, i) k \
+                 CROSS JOIN LATERAL (SELECT 1 FROM {{aggregates}} WHERE aggregate_type = k.t AND aggregate_id = k.i \
+                 AND lease_holder = $7 FOR UPDATE) a), \
+                 heads AS (SELECT lk.ord, lk.t, lk.i, e.*, COALESCE(bool_and(e.status <> '{dead}' \
+                 AND (e.status = '{processing}' OR e.available_at <= $3)) OVER w, false) AS ok, row_number() OVER w AS rn \
+                 FROM lk LEFT JOIN LATERAL (SELECT {COLUMNS} FROM {{entries}} x \
+                 WHERE x.aggregate_type = lk.t AND x.aggregate_id = lk.i AND x.status <> '{published}' \
+                 AND ($4 OR x.status <> '{dead}') ORDER BY x.sequence LIMIT $5) e ON true \
+                 WINDOW w AS (PARTITION BY lk.ord ORDER BY e.sequence)), \
+                 marked AS MATERIALIZED (SELECT h.*, h.ok AND count(*) FILTER (WHERE h.ok) \
+                 OVER (ORDER BY h.ord, h.sequence ROWS UNBOUNDED PRECEDING) <= $6 AS took FROM heads h), \
+                 verdict AS (SELECT t, i, max(sequence) FILTER (WHERE took) AS through, \
+                 CASE WHEN bool_or(took) OR bool_or(rn = 1 AND ok) THEN NULL \
+                 WHEN bool_or(rn = 1 AND (id IS NULL OR status = '{dead}')) THEN $8 \
+                 ELSE max(available_at) FILTER (WHERE rn = 1) END AS park FROM marked GROUP BY t, i), \
                  upd AS (UPDATE {{aggregates}} a SET leased_through = v.through, \
                  lease_holder = CASE WHEN v.through IS NULL THEN NULL ELSE a.lease_holder END, \
                  lease_expires_at = CASE WHEN v.through IS NULL THEN NULL ELSE a.lease_expires_at END, \
                  available_at = COALESCE(v.park, a.available_at) \
-                 FROM lk JOIN verdict v ON v.t = lk.t AND v.i = lk.i \
-                 WHERE a.aggregate_type = lk.t AND a.aggregate_id = lk.i), \
+                 FROM verdict v WHERE a.aggregate_type = v.t AND a.aggregate_id = v.i), \
                  adopt AS (UPDATE {{entries}} x SET status = '{pending}', lease_holder = NULL, lease_expires_at = NULL \
-                 FROM taken e JOIN lk ON lk.t = e.aggregate_type AND lk.i = e.aggregate_id \
-                 WHERE x.id = e.id AND e.status = '{processing}' AND x.status = '{processing}') \
-                 SELECT {TAKEN} FROM taken e WHERE EXISTS (SELECT 1 FROM lk \
-                 WHERE lk.t = e.aggregate_type AND lk.i = e.aggregate_id) ORDER BY e.ord, e.sequence"
+                 FROM marked m WHERE x.id = m.id AND m.took AND m.status = '{processing}' AND x.status = '{processing}') \
+                 SELECT {TAKEN} FROM marked e WHERE e.took ORDER BY e.ord, e.sequence"
             )),
             complete: r(&format!(
                 // $1 ids, $2 fates (p published, r retry, d dead, x released), $3 retry times,
-                // $4 errors, $5 holder, $6 now, $7 NEVER. `mine` finds each entry's aggregate by
-                // id; only aggregates the holder still leases count (`lk`, locked in key order as
-                // writers lock them: the lateral visits the keys in order), and in them only the leased prefix (`held`). Each entry row
-                // is written once; released ones only if another protocol marked them processing.
+                // $4 errors, $5 holder, $6 now, $7 NEVER. `upd` writes each entry once, if it is
+                // in the leased prefix of an aggregate the holder still leases (a probe of the
+                // aggregate's row per entry; `OFFSET 0` keeps it a probe). Released entries need
+                // no write (unless another protocol marked them processing); `rel` finds their
+                // aggregates. `lk` then locks the aggregates in key order (as writers lock them)
+                // and the last statement lowers each one's unpublished count by what was
+                // published and, if the holder still leases it, releases it. No CTE is joined to
+                // another (their row estimates are guesses; a nested loop over two is quadratic).
                 "WITH c AS MATERIALIZED (SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[]) \
                  AS c(id, fate, at, err)), \
-                 mine AS MATERIALIZED (SELECT c.*, x.aggregate_type AS t, x.aggregate_id AS i, x.sequence AS s \
-                 FROM c JOIN {{entries}} x ON x.id = c.id), \
-                 lk AS (SELECT a.* FROM (SELECT DISTINCT t, i FROM mine ORDER BY t, i) k CROSS JOIN LATERAL ( \
-                 SELECT aggregate_type AS t, aggregate_id AS i, leased_through AS through FROM {{aggregates}} \
-                 WHERE aggregate_type = k.t AND aggregate_id = k.i AND lease_holder = $5 FOR UPDATE) a), \
-                 held AS MATERIALIZED (SELECT m.* FROM mine m JOIN lk ON lk.t = m.t AND lk.i = m.i \
-                 WHERE m.s <= lk.through), \
                  upd AS (UPDATE {{entries}} e SET \
-                 status = CASE h.fate WHEN 'p' THEN '{published}' WHEN 'r' THEN '{failed}' WHEN 'd' THEN '{dead}' \
+                 status = CASE c.fate WHEN 'p' THEN '{published}' WHEN 'r' THEN '{failed}' WHEN 'd' THEN '{dead}' \
                  ELSE '{pending}' END, \
-                 published_at = CASE WHEN h.fate = 'p' THEN $6 ELSE e.published_at END, \
-                 attempts = e.attempts + CASE WHEN h.fate IN ('r', 'd') THEN 1 ELSE 0 END, \
-                 available_at = CASE WHEN h.fate = 'r' THEN h.at ELSE e.available_at END, \
-                 last_error = CASE WHEN h.fate IN ('r', 'd') THEN h.err ELSE e.last_error END, \
+                 published_at = CASE WHEN c.fate = 'p' THEN $6 ELSE e.published_at END, \
+                 attempts = e.attempts + CASE WHEN c.fate IN ('r', 'd') THEN 1 ELSE 0 END, \
+                 available_at = CASE WHEN c.fate = 'r' THEN c.at ELSE e.available_at END, \
+                 last_error = CASE WHEN c.fate IN ('r', 'd') THEN c.err ELSE e.last_error END, \
                  lease_holder = NULL, lease_expires_at = NULL \
-                 FROM held h WHERE e.id = h.id AND e.status IN {open} \
-                 AND (h.fate <> 'x' OR e.status = '{processing}') \
-                 RETURNING e.aggregate_type AS t, e.aggregate_id AS i, h.fate, h.at), \
-                 n AS (SELECT t, i, count(*) FILTER (WHERE fate = 'p') AS n, min(at) AS at FROM upd GROUP BY t, i) \
-                 UPDATE {{aggregates}} a SET unpublished = a.unpublished - COALESCE(n.n, 0), \
-                 available_at = CASE WHEN a.unpublished - COALESCE(n.n, 0) <= 0 THEN $7 ELSE COALESCE(n.at, $6) END, \
-                 lease_holder = NULL, lease_expires_at = NULL, leased_through = NULL \
-                 FROM lk LEFT JOIN n ON n.t = lk.t AND n.i = lk.i \
-                 WHERE a.aggregate_type = lk.t AND a.aggregate_id = lk.i"
+                 FROM c WHERE e.id = c.id AND e.status IN {open} AND (c.fate <> 'x' OR e.status = '{processing}') \
+                 AND EXISTS (SELECT 1 FROM {{aggregates}} a WHERE a.aggregate_type = e.aggregate_type \
+                 AND a.aggregate_id = e.aggregate_id AND a.lease_holder = $5 AND e.sequence <= a.leased_through \
+                 OFFSET 0) \
+                 RETURNING e.aggregate_type AS t, e.aggregate_id AS i, c.fate, c.at), \
+                 rel AS (SELECT x.aggregate_type AS t, x.aggregate_id AS i FROM c JOIN {{entries}} x ON x.id = c.id \
+                 WHERE c.fate = 'x'), \
+                 g AS (SELECT t, i, sum(p) AS n, min(at) AS at FROM ( \
+                 SELECT t, i, CASE WHEN fate = 'p' THEN 1 ELSE 0 END AS p, at FROM upd \
+                 UNION ALL SELECT t, i, 0, NULL FROM rel) x GROUP BY t, i), \
+                 lk AS (SELECT g.* FROM (SELECT t, i, n, at FROM g ORDER BY t, i) g CROSS JOIN LATERAL ( \
+                 SELECT 1 FROM {{aggregates}} WHERE aggregate_type = g.t AND aggregate_id = g.i FOR UPDATE) a) \
+                 UPDATE {{aggregates}} a SET unpublished = a.unpublished - lk.n, \
+                 available_at = CASE WHEN a.unpublished - lk.n <= 0 THEN $7 \
+                 WHEN a.lease_holder = $5 THEN COALESCE(lk.at, $6) ELSE a.available_at END, \
+                 lease_holder = CASE WHEN a.lease_holder = $5 THEN NULL ELSE a.lease_holder END, \
+                 lease_expires_at = CASE WHEN a.lease_holder = $5 THEN NULL ELSE a.lease_expires_at END, \
+                 leased_through = CASE WHEN a.lease_holder = $5 THEN NULL ELSE a.leased_through END \
+                 FROM lk WHERE a.aggregate_type = lk.t AND a.aggregate_id = lk.i"
             )),
             purge: r(&format!(
                 "DELETE FROM {{entries}} WHERE id IN (SELECT id FROM {{entries}} \

@@ -69,9 +69,14 @@ pub(crate) fn say(msg: impl AsRef<str>) {
     eprintln!("[bench] {}", msg.as_ref());
 }
 
-/// The relay configuration every drain uses: the defaults (batches of 1,000, 20 per aggregate).
+/// The relay configuration every drain uses: the defaults (batches of 1,000, 20 per aggregate;
+/// `OUTBOX_BENCH_PER_AGGREGATE` changes the latter).
 pub(crate) fn relay_config() -> RelayConfig {
-    RelayConfig { batch_size: 1000, max_per_aggregate: 20, ..RelayConfig::default() }
+    RelayConfig {
+        batch_size: 1000,
+        max_per_aggregate: env_usize("OUTBOX_BENCH_PER_AGGREGATE", 20).max(1),
+        ..RelayConfig::default()
+    }
 }
 
 /// Where a drain's time went, summed over every relay's batches.
