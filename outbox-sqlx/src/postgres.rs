@@ -142,13 +142,14 @@ impl Sql {
                  RETURNING aggregate_type, aggregate_id, next_sequence"),
             insert_entries: r(&insert_entries("")),
             insert_entries_quiet: r(&insert_entries(QUIET)),
-            lease: r("UPDATE {aggregates} a SET lease_holder = $1, lease_expires_at = $2, leased_through = NULL \
-                 FROM (SELECT aggregate_type, aggregate_id FROM {aggregates} \
+            // The locked rows are updated through their `ctid`s (one TID scan): joined by key or
+            // ctid, the planner may hash the whole aggregates table instead.
+            lease: r("UPDATE {aggregates} SET lease_holder = $1, lease_expires_at = $2, leased_through = NULL \
+                 WHERE ctid = ANY(ARRAY(SELECT ctid FROM {aggregates} \
                  WHERE available_at <= $3 AND unpublished > 0 \
                  AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
-                 ORDER BY available_at LIMIT $4 FOR UPDATE SKIP LOCKED) k \
-                 WHERE a.aggregate_type = k.aggregate_type AND a.aggregate_id = k.aggregate_id \
-                 RETURNING a.aggregate_type, a.aggregate_id, a.available_at"),
+                 ORDER BY available_at LIMIT $4 FOR UPDATE SKIP LOCKED)) \
+                 RETURNING aggregate_type, aggregate_id, available_at"),
             take: r(&format!(
                 // $1/$2 the leased aggregates in visiting order, $3 now, $4 whether dead entries
                 // block, $5 entries per aggregate, $6 entries in all, $7 the holder, $8 NEVER.
