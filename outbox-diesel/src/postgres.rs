@@ -201,12 +201,15 @@ impl Sql {
                  AND x.status <> '{published}' AND ($3 OR x.status <> '{dead}') \
                  ORDER BY x.sequence LIMIT $4) e"
             )),
+            // `leased_through` is cleared on lease: outbox-sqlx's PostgreSQL store marks its claims
+            // there (not on the entries), and a lapsed one of its leases may have left it set.
             mark_claimed: r(&format!(
                 "WITH c AS (UPDATE {{entries}} SET status = '{processing}', lease_holder = $1, lease_expires_at = $2 \
                  WHERE id = ANY($3)) \
                  UPDATE {{aggregates}} a SET \
                  lease_holder = CASE WHEN k.at IS NULL THEN $1 ELSE a.lease_holder END, \
                  lease_expires_at = CASE WHEN k.at IS NULL THEN $2 ELSE a.lease_expires_at END, \
+                 leased_through = CASE WHEN k.at IS NULL THEN NULL ELSE a.leased_through END, \
                  available_at = COALESCE(k.at, a.available_at) \
                  FROM unnest($4::text[], $5::text[], $6::timestamptz[]) AS k(t, i, at) \
                  WHERE a.aggregate_type = k.t AND a.aggregate_id = k.i"

@@ -277,6 +277,8 @@ impl SeaStore {
 
     async fn pg_apply_claim(&self, tx: &DatabaseTransaction, req: &ClaimRequest<'_>, plan: &ClaimPlan) -> Result<()> {
         let m = self.err("claiming outbox entries");
+        // `leased_through` is cleared on lease: outbox-sqlx's PostgreSQL store marks its claims
+        // there (not on the entries), and a lapsed one of its leases may have left it set.
         let mut q = self.q("WITH c AS (UPDATE {entries} SET status = 'processing', lease_holder = ");
         let holder = q.bind(req.holder);
         let until = q.bind(self.ts(req.lease_until)?);
@@ -284,8 +286,8 @@ impl SeaStore {
         q.push_bind(convert::pg_uuid_array(plan.claimed.iter().map(|e| e.id)));
         q.push(&self.tables.render(
             &format!(
-                ")), l AS (UPDATE {{aggregates}} a SET lease_holder = {holder}, lease_expires_at = {until} \
-                 FROM unnest("
+                ")), l AS (UPDATE {{aggregates}} a SET lease_holder = {holder}, lease_expires_at = {until}, \
+                 leased_through = NULL FROM unnest("
             ),
             self.backend,
         ));
