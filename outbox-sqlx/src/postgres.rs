@@ -16,7 +16,9 @@
 //!   many entries recent claims found per aggregate). (2) With a fresh snapshot, read each leased
 //!   aggregate's first `max_per_aggregate` unpublished entries through the partial index
 //!   (`LATERAL`), take the due prefix (in SQL), note on the aggregate row how far its lease goes
-//!   (`leased_through`), and release and park the aggregates with nothing to take. Entries are
+//!   (`leased_through`; the lease statement set it to the last sequence written, so an aggregate
+//!   whose entries were all taken is not written again), and release and park the aggregates
+//!   with nothing to take. Entries are
 //!   not written: an entry is processing while its aggregate's lease covers its sequence, so a
 //!   claim writes one row per aggregate instead of one per entry.
 //! - **Complete**: one statement: lock the batch's aggregates the holder still leases (in key
@@ -144,12 +146,17 @@ impl Sql {
             insert_entries_quiet: r(&insert_entries(QUIET)),
             // The locked rows are updated through their `ctid`s (one TID scan): joined by key or
             // ctid, the planner may hash the whole aggregates table instead.
-            lease: r("UPDATE {aggregates} SET lease_holder = $1, lease_expires_at = $2, leased_through = NULL \
+            // `leased_through` starts at the last sequence written: when the claim then takes all
+            // of an aggregate's entries (the common case when aggregates have few), it need not
+            // write the row again.
+            lease: r(
+                "UPDATE {aggregates} SET lease_holder = $1, lease_expires_at = $2, leased_through = next_sequence \
                  WHERE ctid = ANY(ARRAY(SELECT ctid FROM {aggregates} \
                  WHERE available_at <= $3 AND unpublished > 0 \
                  AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
                  ORDER BY available_at LIMIT $4 FOR UPDATE SKIP LOCKED)) \
-                 RETURNING aggregate_type, aggregate_id, available_at"),
+                 RETURNING aggregate_type, aggregate_id, available_at",
+            ),
             take: r(&format!(
                 // $1/$2 the leased aggregates in visiting order, $3 now, $4 whether dead entries
                 // block, $5 entries per aggregate, $6 entries in all, $7 the holder, $8 NEVER.
@@ -157,7 +164,8 @@ impl Sql {
                 // (the lateral visits the keys in order). `heads`: each one's first unpublished
                 // entries (one all-NULL row if it has none); `ok` stays true along its due prefix;
                 // `took` keeps the first $6 due rows. `verdict` per aggregate: how far the lease
-                // goes, or when to visit it again. An entry another protocol marked `processing`
+                // goes (written only if not what the lease statement set), or when to visit it
+                // again. An entry another protocol marked `processing`
                 // under a lapsed lease is the new lease's now: `adopt` clears that mark, so the old
                 // holder's late completion (which matches on it) finds nothing. Every join is a
                 // lateral or an index probe: no CTE is joined to another (their row estimates are
@@ -182,7 +190,8 @@ impl Sql {
                  lease_holder = CASE WHEN v.through IS NULL THEN NULL ELSE a.lease_holder END, \
                  lease_expires_at = CASE WHEN v.through IS NULL THEN NULL ELSE a.lease_expires_at END, \
                  available_at = COALESCE(v.park, a.available_at) \
-                 FROM verdict v WHERE a.aggregate_type = v.t AND a.aggregate_id = v.i), \
+                 FROM verdict v WHERE a.aggregate_type = v.t AND a.aggregate_id = v.i \
+                 AND (v.through IS NULL OR v.through IS DISTINCT FROM a.leased_through)), \
                  adopt AS (UPDATE {{entries}} x SET status = '{pending}', lease_holder = NULL, lease_expires_at = NULL \
                  FROM marked m WHERE x.id = m.id AND m.took AND m.status = '{processing}' AND x.status = '{processing}') \
                  SELECT {TAKEN} FROM marked e WHERE e.took ORDER BY e.ord, e.sequence"
