@@ -18,13 +18,12 @@
 //!   (`LATERAL`), take the due prefix (in SQL), note on the aggregate row how far its lease goes
 //!   (`leased_through`; the lease statement set it to the last sequence written, so an aggregate
 //!   whose entries were all taken is not written again), and release and park the aggregates
-//!   with nothing to take. Entries are
-//!   not written: an entry is processing while its aggregate's lease covers its sequence, so a
-//!   claim writes one row per aggregate instead of one per entry.
-//! - **Complete**: one statement: lock the batch's aggregates the holder still leases (in key
-//!   order, as writers lock them), write each entry of their leased prefix once (published,
-//!   failed with its next attempt, or dead; released entries need no write), lower the
-//!   aggregates' unpublished counts by what was published, and release their leases.
+//!   with nothing to take. Entries are not written: an entry is processing while its
+//!   aggregate's lease covers its sequence, so a claim writes rows per aggregate, not per entry.
+//! - **Complete**: one statement: write each entry once (published, failed with its next
+//!   attempt, or dead; released entries need no write) if its aggregate's lease is still the
+//!   holder's and covers it, then lock those aggregates in key order (as writers lock them),
+//!   lower their unpublished counts by what was published and release the holder's leases.
 //!
 //! A claim's second statement runs after the first has committed, so it sees every completion
 //! that committed before the lease was taken, whatever the server's default isolation.
@@ -165,11 +164,11 @@ impl Sql {
                 // entries (one all-NULL row if it has none); `ok` stays true along its due prefix;
                 // `took` keeps the first $6 due rows. `verdict` per aggregate: how far the lease
                 // goes (written only if not what the lease statement set), or when to visit it
-                // again. An entry another protocol marked `processing`
-                // under a lapsed lease is the new lease's now: `adopt` clears that mark, so the old
-                // holder's late completion (which matches on it) finds nothing. Every join is a
-                // lateral or an index probe: no CTE is joined to another (their row estimates are
-                // guesses, and a nested loop over two of them is quadratic).
+                // again. An entry another protocol marked `processing` under a lapsed lease is the
+                // new lease's now: `adopt` clears that mark, so the old holder's late completion
+                // (which matches on it) finds nothing. Every join is a lateral or an index probe:
+                // no CTE is joined to another (their row estimates are guesses, and a nested loop
+                // over two of them is quadratic).
                 "WITH k AS (SELECT t, i, ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, ord)), \
                  lk AS MATERIALIZED (SELECT k.ord, k.t, k.i FROM (SELECT t, i, ord FROM k ORDER BY t, i) k \
                  CROSS JOIN LATERAL (SELECT 1 FROM {{aggregates}} WHERE aggregate_type = k.t AND aggregate_id = k.i \
