@@ -16,23 +16,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BenchResult, env_usize, load_note, median, ms, percentile, pg_url, redact, row, say, thousands, unique};
+use common::{
+    BenchResult, env_usize, load_note, median, ms, percentile, pg_connect as connect, row, say, thousands, unique,
+};
 use outbox_core::{ClaimRequest, Completion, DeadPolicy, Store, Timestamp};
 use outbox_sqlx::{ClaimOptions, PgOutbox, PgStore, Tables};
-use sqlx::postgres::{PgPool, PgPoolOptions};
-
-async fn connect(max: u32) -> BenchResult<PgPool> {
-    let url = pg_url();
-    PgPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).connect(&url).await.map_err(
-        |e| {
-            format!(
-                "cannot reach PostgreSQL at {} ({e}); run `cargo xtask services up` (or set OUTBOX_TEST_POSTGRES_URL)",
-                redact(&url)
-            )
-            .into()
-        },
-    )
-}
+use sqlx::postgres::PgPool;
 
 /// An outbox with `published` published entries spread evenly over `aggregates` aggregates
 /// (sequences 1..), then one pending entry per aggregate after them.

@@ -16,9 +16,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BenchResult, env_str, env_usize, load_note, pg_url, rate, redact, row, say, thousands, unique};
+use common::{BenchResult, env_str, env_usize, load_note, pg_connect as connect, rate, row, say, thousands, unique};
 use outbox_sqlx::{PgOutbox, PgStore, Tables};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
 const COLUMNS: &str = "id uuid NOT NULL PRIMARY KEY, aggregate_type text NOT NULL, aggregate_id text NOT NULL, \
@@ -26,19 +26,6 @@ const COLUMNS: &str = "id uuid NOT NULL PRIMARY KEY, aggregate_type text NOT NUL
      headers jsonb NOT NULL, status text NOT NULL, attempts integer NOT NULL DEFAULT 0, \
      created_at timestamptz NOT NULL, available_at timestamptz NOT NULL, published_at timestamptz, \
      last_error text, lease_holder text, lease_expires_at timestamptz";
-
-async fn connect(max: u32) -> BenchResult<PgPool> {
-    let url = pg_url();
-    PgPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).connect(&url).await.map_err(
-        |e| {
-            format!(
-                "cannot reach PostgreSQL at {} ({e}); run `cargo xtask services up` (or set OUTBOX_TEST_POSTGRES_URL)",
-                redact(&url)
-            )
-            .into()
-        },
-    )
-}
 
 /// Fills `table` (adapter's columns) with `total` pending entries over `aggregates` aggregates,
 /// sequences 1.. per aggregate in id order, ~200-byte JSON payloads.

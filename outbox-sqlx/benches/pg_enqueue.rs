@@ -22,10 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BenchResult, env_usize, load_note, payload, pg_url, redact, row, say, thousands, unique};
+use common::{BenchResult, env_usize, load_note, payload, pg_connect as connect, row, say, thousands, unique};
 use outbox_core::{EntryId, NewEntry};
 use outbox_sqlx::{PgOutbox, Tables};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,19 +43,6 @@ struct Setup {
     outbox: PgOutbox,
     /// The same tables under `NotifyMode::Trigger`.
     trigger: PgOutbox,
-}
-
-async fn connect(max: u32) -> BenchResult<PgPool> {
-    let url = pg_url();
-    PgPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).connect(&url).await.map_err(
-        |e| {
-            format!(
-                "cannot reach PostgreSQL at {} ({e}); run `cargo xtask services up` (or set OUTBOX_TEST_POSTGRES_URL)",
-                redact(&url)
-            )
-            .into()
-        },
-    )
 }
 
 async fn one_tx(pool: &PgPool, setup: &Setup, case: Case, n: usize) -> BenchResult<()> {

@@ -23,10 +23,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BenchResult, env_usize, load_note, ms, payload, percentile, pg_url, redact, row, say, unique};
+use common::{BenchResult, env_usize, load_note, ms, payload, percentile, pg_connect as connect, row, say, unique};
 use outbox_core::{Entry, EntryId, NewEntry, Outcome, Publisher, Relay, RelayConfig};
 use outbox_sqlx::{PgOutbox, Tables};
-use sqlx::postgres::{PgPool, PgPoolOptions};
 
 const WRITERS: usize = 4;
 
@@ -43,19 +42,6 @@ impl Publisher for Stopwatch {
         }
         Ok(batch.iter().map(|_| Outcome::Published).collect())
     }
-}
-
-async fn connect(max: u32) -> BenchResult<PgPool> {
-    let url = pg_url();
-    PgPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30)).connect(&url).await.map_err(
-        |e| {
-            format!(
-                "cannot reach PostgreSQL at {} ({e}); run `cargo xtask services up` (or set OUTBOX_TEST_POSTGRES_URL)",
-                redact(&url)
-            )
-            .into()
-        },
-    )
 }
 
 struct Outcomes {

@@ -30,6 +30,23 @@ pub(crate) fn pg_url() -> String {
     env_str("OUTBOX_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 }
 
+/// A pool of at most `max` connections to [`pg_url`], or an error that says how to start the server.
+pub(crate) async fn pg_connect(max: u32) -> BenchResult<sqlx::PgPool> {
+    let url = pg_url();
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach PostgreSQL at {} ({e}); run `cargo xtask services up` (or set OUTBOX_TEST_POSTGRES_URL)",
+                redact(&url)
+            )
+            .into()
+        })
+}
+
 /// The MySQL/MariaDB URL (`OUTBOX_TEST_MYSQL_URL`, same default as the tests).
 pub(crate) fn mysql_url() -> String {
     env_str("OUTBOX_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
