@@ -6,14 +6,20 @@
 //!   on the aggregate's row returns the new sequence in the statement's reply (no extra round
 //!   trip) and locks the row until the caller's transaction ends, so sequences of one aggregate
 //!   follow commit order. Then one multi-row `INSERT` of the entries.
-//! - **Claim**: one short `READ COMMITTED` transaction: lock up to `k` due, unleased aggregates
-//!   with `FOR UPDATE SKIP LOCKED`, read each one's first unpublished entries (one `UNION ALL`
-//!   statement of per-aggregate index range reads: `published_at IS NULL ORDER BY sequence
-//!   LIMIT m`; MariaDB has no `LATERAL`), then one `UPDATE` marks the entries and one leases the
-//!   aggregates.
-//! - **Complete**: one short `READ COMMITTED` transaction: lock the batch's aggregates (one
-//!   statement), read which entries the holder still holds, then one `UPDATE` per status group
-//!   and one for the aggregates (values per row through `CASE`).
+//! - **Claim**: one short `READ COMMITTED` transaction: read up to `3k` due, unleased candidate
+//!   aggregates without locking, lock `k` of them by primary key with `FOR UPDATE SKIP LOCKED`
+//!   (re-checking they are still due and unleased), read each one's first unpublished entries
+//!   (one `UNION ALL` statement of per-aggregate index range reads: `published_at IS NULL ORDER
+//!   BY sequence LIMIT m`; MariaDB has no `LATERAL`), then one `UPDATE` marks the entries and
+//!   one leases the aggregates.
+//! - **Complete**: one short `READ COMMITTED` transaction: read the batch's aggregates without
+//!   locking, lock them by primary key in key order, read which entries the holder still holds,
+//!   then one `UPDATE` per status group and one for the aggregates (values per row through
+//!   `CASE`).
+//!
+//! Claims and completions lock aggregate rows only through the primary key: a lock taken through
+//! the `available_at` index, or through `IN (SELECT …) FOR UPDATE`, made relays wait on (and
+//! deadlock with) each other.
 //!
 //! `READ COMMITTED` (set per transaction, the pool's default is untouched) keeps InnoDB from
 //! taking gap locks that would block writers, and lets each statement see what committed before
