@@ -222,6 +222,50 @@ async fn migrations_are_rendered_idempotent_and_in_a_schema() {
     assert!(err.is_ok());
 }
 
+/// Tables made by the earlier shape of the migration (an all-rows unique (aggregate, sequence)
+/// constraint, no `leased_through`) are brought up to date by running it again, and then work.
+#[tokio::test]
+async fn migrating_again_upgrades_tables_of_the_earlier_shape() {
+    let (pool, outbox) = fresh_outbox("upgrade").await;
+    let (name, aggs) = (outbox.tables().name().to_string(), outbox.tables().aggregates_name());
+    sqlx::raw_sql(&format!(
+        r#"ALTER TABLE "{aggs}" DROP COLUMN leased_through;
+           ALTER TABLE "{name}" ADD CONSTRAINT "{name}_aggregate_sequence" UNIQUE (aggregate_type, aggregate_id, sequence);"#
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    let constraints: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_constraint WHERE conname = $1")
+        .bind(format!("{name}_aggregate_sequence"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(constraints, 0, "the all-rows unique constraint is dropped");
+    let columns: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = $1 AND column_name = 'leased_through'",
+    )
+    .bind(&aggs)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(columns, 1, "leased_through is added");
+    let h = PgHarness { store: outbox.store(pool.clone()), pool };
+    let mut tx = h.pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &entry("u", 0)).await.unwrap();
+    tx.commit().await.unwrap();
+    let now = Timestamp::now();
+    let request = ClaimRequest {
+        holder: "upgraded",
+        now,
+        lease_until: now.saturating_add(Duration::from_secs(30)),
+        max_entries: 10,
+        max_per_aggregate: 10,
+        on_dead: DeadPolicy::Block,
+    };
+    assert_eq!(h.store.claim(&request).await.unwrap().len(), 1, "claims work on the upgraded tables");
+}
+
 #[tokio::test]
 async fn duplicate_id_is_a_validation_error() {
     let (pool, outbox) = fresh_outbox("dup").await;

@@ -65,8 +65,11 @@ CREATE TABLE IF NOT EXISTS {aggregates} (
     PRIMARY KEY (aggregate_type, aggregate_id)
 );
 
--- Tables made by an earlier version of this migration lack the column.
+-- Tables made by an earlier version of this migration lack the column, and carry a unique
+-- (aggregate, sequence) constraint over every row that each write paid for (their
+-- "{name}_unpublished" index stays non-unique).
 ALTER TABLE {aggregates} ADD COLUMN IF NOT EXISTS leased_through bigint;
+ALTER TABLE {entries} DROP CONSTRAINT IF EXISTS "{name}_aggregate_sequence";
 
 CREATE INDEX IF NOT EXISTS "{name}_aggregates_available" ON {aggregates} (available_at);
 

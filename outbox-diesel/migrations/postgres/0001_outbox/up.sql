@@ -58,8 +58,11 @@ CREATE TABLE IF NOT EXISTS "outbox_aggregates" (
     PRIMARY KEY (aggregate_type, aggregate_id)
 );
 
--- Tables made by an earlier version of this migration lack the column.
+-- Tables made by an earlier version of this migration lack the column, and carry a unique
+-- (aggregate, sequence) constraint over every row that each write paid for (their
+-- "outbox_unpublished" index stays non-unique).
 ALTER TABLE "outbox_aggregates" ADD COLUMN IF NOT EXISTS leased_through bigint;
+ALTER TABLE "outbox" DROP CONSTRAINT IF EXISTS "outbox_aggregate_sequence";
 
 CREATE INDEX IF NOT EXISTS "outbox_aggregates_available" ON "outbox_aggregates" (available_at);
 
