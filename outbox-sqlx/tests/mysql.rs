@@ -9,11 +9,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Shared, assert_once_in_order, entry, redact, unique_table, url};
+use common::{Shared, assert_once_in_order, entry, redact, spawn_relays, unique_table, url};
 use outbox_core::testkit::{Harness, store_suite};
 use outbox_core::{
-    ClaimRequest, Completion, DeadPolicy, ErrorKind, Maintenance, NewEntry, Relay, RelayConfig, Result, Store,
-    Timestamp,
+    ClaimRequest, Completion, DeadPolicy, ErrorKind, Maintenance, NewEntry, RelayConfig, Result, Store, Timestamp,
 };
 use outbox_sqlx::{MySqlOutbox, MySqlStore, Tables};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -228,35 +227,20 @@ async fn four_relays_with_separate_pools_publish_each_entry_once_in_order() {
     }
     let total = expected.len();
     let publisher = Shared::default();
-    let mut tasks = Vec::new();
-    for i in 0..4 {
-        let store = outbox.store(connect(3).await);
-        let config = RelayConfig {
-            relay_id: format!("relay-{i}"),
-            batch_size: 200,
-            max_per_aggregate: 5,
-            poll_interval: Duration::from_millis(5),
-            max_poll_interval: Duration::from_millis(50),
-            ..RelayConfig::default()
-        };
-        let relay = Relay::new(store, publisher.clone(), config).unwrap();
-        let done = publisher.inner.clone();
-        tasks.push(tokio::spawn(async move {
-            relay
-                .run(async move {
-                    for _ in 0..6000 {
-                        if done.len() >= total {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                })
-                .await
-        }));
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(outbox.store(connect(3).await));
     }
-    for t in tasks {
-        t.await.unwrap().unwrap();
-    }
+    let config = |i: usize| RelayConfig {
+        relay_id: format!("relay-{i}"),
+        batch_size: 200,
+        max_per_aggregate: 5,
+        poll_interval: Duration::from_millis(5),
+        max_poll_interval: Duration::from_millis(50),
+        ..RelayConfig::default()
+    };
+    let published = publisher.inner.clone();
+    spawn_relays(stores, &publisher, config, move || published.len() >= total).join().await;
     assert_once_in_order(&publisher.inner.published(), &expected);
     let stats = outbox.store(pool).stats(Timestamp::now()).await.unwrap();
     assert_eq!((stats.published, stats.pending, stats.processing), (total as u64, 0, 0));

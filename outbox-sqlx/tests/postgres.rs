@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Shared, assert_once_in_order, entry, redact, unique_table, url};
+use common::{Shared, assert_once_in_order, entry, redact, spawn_relays, unique_table, url};
 use outbox_core::testkit::{Harness, store_suite};
 use outbox_core::{
     ClaimRequest, CollectingPublisher, Completion, DeadPolicy, Entry, ErrorKind, Maintenance, NewEntry, Relay,
@@ -311,35 +311,20 @@ async fn four_relays_with_separate_pools_publish_each_entry_once_in_order() {
     }
     let total = expected.len();
     let publisher = Shared::default();
-    let mut tasks = Vec::new();
-    for i in 0..4 {
-        let store = outbox.store(connect(3).await);
-        let config = RelayConfig {
-            relay_id: format!("relay-{i}"),
-            batch_size: 200,
-            max_per_aggregate: 5,
-            poll_interval: Duration::from_millis(5),
-            max_poll_interval: Duration::from_millis(50),
-            ..RelayConfig::default()
-        };
-        let relay = Relay::new(store, publisher.clone(), config).unwrap();
-        let done = publisher.inner.clone();
-        tasks.push(tokio::spawn(async move {
-            relay
-                .run(async move {
-                    for _ in 0..6000 {
-                        if done.len() >= total {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                })
-                .await
-        }));
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(outbox.store(connect(3).await));
     }
-    for t in tasks {
-        t.await.unwrap().unwrap();
-    }
+    let config = |i: usize| RelayConfig {
+        relay_id: format!("relay-{i}"),
+        batch_size: 200,
+        max_per_aggregate: 5,
+        poll_interval: Duration::from_millis(5),
+        max_poll_interval: Duration::from_millis(50),
+        ..RelayConfig::default()
+    };
+    let published = publisher.inner.clone();
+    spawn_relays(stores, &publisher, config, move || published.len() >= total).join().await;
     assert_once_in_order(&publisher.inner.published(), &expected);
     let stats = outbox.store(pool).stats(Timestamp::now()).await.unwrap();
     assert_eq!((stats.published, stats.pending, stats.processing), (total as u64, 0, 0));
@@ -359,32 +344,19 @@ async fn batch_writers_and_relays_on_the_same_aggregates_never_deadlock() {
     let total = WRITERS * BATCHES * 4;
     let publisher = Shared::default();
     let writers_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut relays = Vec::new();
-    for i in 0..2 {
-        let config = RelayConfig {
-            relay_id: format!("relay-{i}"),
-            batch_size: 20,
-            max_per_aggregate: 3,
-            max_in_flight: 2,
-            poll_interval: Duration::from_millis(2),
-            max_poll_interval: Duration::from_millis(10),
-            ..RelayConfig::default()
-        };
-        let relay = Relay::new(outbox.store(connect(4).await), publisher.clone(), config).unwrap();
-        let (done, published) = (writers_done.clone(), publisher.inner.clone());
-        relays.push(tokio::spawn(async move {
-            relay
-                .run(async move {
-                    for _ in 0..3000 {
-                        if done.load(Ordering::SeqCst) && published.len() >= total {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                })
-                .await
-        }));
-    }
+    let stores = vec![outbox.store(connect(4).await), outbox.store(connect(4).await)];
+    let config = |i: usize| RelayConfig {
+        relay_id: format!("relay-{i}"),
+        batch_size: 20,
+        max_per_aggregate: 3,
+        max_in_flight: 2,
+        poll_interval: Duration::from_millis(2),
+        max_poll_interval: Duration::from_millis(10),
+        ..RelayConfig::default()
+    };
+    let (done, published) = (writers_done.clone(), publisher.inner.clone());
+    let relays =
+        spawn_relays(stores, &publisher, config, move || done.load(Ordering::SeqCst) && published.len() >= total);
     let writers_pool = connect(WRITERS as u32).await;
     let mut writers = Vec::new();
     for w in 0..WRITERS {
@@ -407,9 +379,7 @@ async fn batch_writers_and_relays_on_the_same_aggregates_never_deadlock() {
         w.await.unwrap().unwrap_or_else(|e| panic!("a business transaction failed: {e}"));
     }
     writers_done.store(true, Ordering::SeqCst);
-    for r in relays {
-        r.await.unwrap().unwrap();
-    }
+    relays.join().await;
     let published = publisher.inner.published();
     let mut seen = HashSet::new();
     let mut last: std::collections::HashMap<String, i64> = std::collections::HashMap::new();

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use outbox_core::{CollectingPublisher, Entry, EntryId, NewEntry, Outcome, Publisher};
+use outbox_core::{CollectingPublisher, Entry, EntryId, NewEntry, Outcome, Publisher, Relay, RelayConfig, Store};
 
 /// A table name no other test (or earlier run) uses: `sx_<prefix>_<unix seconds, hex>_<random>`,
 /// so [`is_stale`] can tell this crate's old test tables on a persistent server.
@@ -134,4 +134,50 @@ pub async fn requeue_all_brings_back_every_dead_entry<H: outbox_core::testkit::H
     assert_eq!(got, want, "every entry is claimable after requeue");
     let rb: Vec<EntryId> = again.into_iter().filter(|id| *id != written[0].id()).collect();
     assert_eq!(rb, [written[1].id(), written[2].id()], "aggregate rb comes back in order");
+}
+
+/// Relays started by [`spawn_relays`].
+pub struct Relays(Vec<tokio::task::JoinHandle<outbox_core::Result<()>>>);
+
+impl Relays {
+    /// Waits for every relay to stop; panics if one failed.
+    pub async fn join(self) {
+        for task in self.0 {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Starts one relay per store (configured by `config(i)`) publishing into `publisher`, each
+/// running (`Relay::run`) until `done()` holds, checked every 10 ms, for at most 60 s.
+pub fn spawn_relays<S>(
+    stores: Vec<S>,
+    publisher: &Shared,
+    config: impl Fn(usize) -> RelayConfig,
+    done: impl Fn() -> bool + Clone + Send + 'static,
+) -> Relays
+where
+    S: Store + Send + Sync + 'static,
+{
+    let tasks = stores
+        .into_iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let relay = Relay::new(store, publisher.clone(), config(i)).unwrap();
+            let done = done.clone();
+            tokio::spawn(async move {
+                relay
+                    .run(async move {
+                        for _ in 0..6000 {
+                            if done() {
+                                return;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                    })
+                    .await
+            })
+        })
+        .collect();
+    Relays(tasks)
 }
