@@ -214,10 +214,12 @@ impl Sql {
                  FROM unnest($4::text[], $5::text[], $6::timestamptz[]) AS k(t, i, at) \
                  WHERE a.aggregate_type = k.t AND a.aggregate_id = k.i"
             )),
+            // Key order is byte order (`COLLATE "C"`), as writers sort keys in Rust, whatever the
+            // database's collation: the same order everywhere, so no deadlock.
             lock_for_completion: r("SELECT a.aggregate_type FROM {aggregates} a \
                  WHERE (a.aggregate_type, a.aggregate_id) IN (SELECT e.aggregate_type, e.aggregate_id \
                  FROM {entries} e WHERE e.id = ANY($1) AND e.lease_holder = $2) \
-                 ORDER BY a.aggregate_type, a.aggregate_id FOR UPDATE"),
+                 ORDER BY a.aggregate_type COLLATE \"C\", a.aggregate_id COLLATE \"C\" FOR UPDATE"),
             held: r(&format!(
                 "SELECT id, aggregate_type, aggregate_id FROM {{entries}} \
                  WHERE id = ANY($1) AND lease_holder = $2 AND status = '{processing}'"

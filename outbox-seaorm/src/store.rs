@@ -371,14 +371,15 @@ impl SeaStore {
         let tx = self.begin(what).await?;
         let held = match self.backend {
             DbBackend::Postgres => {
-                // Lock the batch's aggregates first, in key order (the order writers lock in).
+                // Lock the batch's aggregates first, in key order (the order writers lock in: byte
+                // order, whatever the database's collation).
                 let mut q = self
                     .q("SELECT a.aggregate_type FROM {aggregates} a WHERE (a.aggregate_type, a.aggregate_id) IN \
                      (SELECT e.aggregate_type, e.aggregate_id FROM {entries} e WHERE e.id = ANY(");
                 let ids_p = q.bind(convert::pg_uuid_array(ids.iter().copied()));
                 let holder_p = q.bind(c.holder.as_str());
                 q.push(&format!(
-                    "{ids_p}) AND e.lease_holder = {holder_p}) ORDER BY a.aggregate_type, a.aggregate_id FOR UPDATE"
+                    "{ids_p}) AND e.lease_holder = {holder_p}) ORDER BY a.aggregate_type COLLATE \"C\", a.aggregate_id COLLATE \"C\" FOR UPDATE"
                 ));
                 tx.query_all(q.statement()).await.map_err(&m)?;
                 let mut q = self.q("SELECT id, aggregate_type, aggregate_id FROM {entries} WHERE id = ANY(");

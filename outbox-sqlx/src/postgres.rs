@@ -22,7 +22,8 @@
 //!   aggregate's lease covers its sequence, so a claim writes rows per aggregate, not per entry.
 //! - **Complete**: one statement: write each entry once (published, failed with its next
 //!   attempt, or dead; released entries need no write) if its aggregate's lease is still the
-//!   holder's and covers it, then lock those aggregates in key order (as writers lock them),
+//!   holder's and covers it, then lock those aggregates in key order (as writers lock them:
+//!   byte order, `COLLATE "C"`, whatever the database's collation),
 //!   lower their unpublished counts by what was published and release the holder's leases.
 //!
 //! A claim's second statement runs after the first has committed, so it sees every completion
@@ -160,7 +161,8 @@ impl Sql {
                 // $1/$2 the leased aggregates in visiting order, $3 now, $4 whether dead entries
                 // block, $5 entries per aggregate, $6 entries in all, $7 the holder, $8 NEVER.
                 // `lk` locks the aggregates the holder leases, in key order as writers lock them
-                // (the lateral visits the keys in order). `heads`: each one's first unpublished
+                // (the lateral visits the keys in order; byte order, as writers sort keys in Rust,
+                // whatever the database's collation). `heads`: each one's first unpublished
                 // entries (one all-NULL row if it has none); `ok` stays true along its due prefix;
                 // `took` keeps the first $6 due rows. `verdict` per aggregate: how far the lease
                 // goes (written only if not what the lease statement set), or when to visit it
@@ -170,7 +172,7 @@ impl Sql {
                 // no CTE is joined to another (their row estimates are guesses, and a nested loop
                 // over two of them is quadratic).
                 "WITH k AS (SELECT t, i, ord FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(t, i, ord)), \
-                 lk AS MATERIALIZED (SELECT k.ord, k.t, k.i FROM (SELECT t, i, ord FROM k ORDER BY t, i) k \
+                 lk AS MATERIALIZED (SELECT k.ord, k.t, k.i FROM (SELECT t, i, ord FROM k ORDER BY t COLLATE \"C\", i COLLATE \"C\") k \
                  CROSS JOIN LATERAL (SELECT 1 FROM {{aggregates}} WHERE aggregate_type = k.t AND aggregate_id = k.i \
                  AND lease_holder = $7 FOR UPDATE) a), \
                  heads AS (SELECT lk.ord, lk.t, lk.i, e.*, COALESCE(bool_and(e.status <> '{dead}' \
@@ -201,7 +203,7 @@ impl Sql {
                 // in the leased prefix of an aggregate the holder still leases (a probe of the
                 // aggregate's row per entry; `OFFSET 0` keeps it a probe). Released entries need
                 // no write (unless another protocol marked them processing); `rel` finds their
-                // aggregates. `lk` then locks the aggregates in key order (as writers lock them)
+                // aggregates. `lk` then locks the aggregates in key (byte) order, as writers do,
                 // and the last statement lowers each one's unpublished count by what was
                 // published and, if the holder still leases it, releases it. No CTE is joined to
                 // another (their row estimates are guesses; a nested loop over two is quadratic).
@@ -225,7 +227,7 @@ impl Sql {
                  g AS (SELECT t, i, sum(p) AS n, min(at) AS at FROM ( \
                  SELECT t, i, CASE WHEN fate = 'p' THEN 1 ELSE 0 END AS p, at FROM upd \
                  UNION ALL SELECT t, i, 0, NULL FROM rel) x GROUP BY t, i), \
-                 lk AS (SELECT g.* FROM (SELECT t, i, n, at FROM g ORDER BY t, i) g CROSS JOIN LATERAL ( \
+                 lk AS (SELECT g.* FROM (SELECT t, i, n, at FROM g ORDER BY t COLLATE \"C\", i COLLATE \"C\") g CROSS JOIN LATERAL ( \
                  SELECT 1 FROM {{aggregates}} WHERE aggregate_type = g.t AND aggregate_id = g.i FOR UPDATE) a) \
                  UPDATE {{aggregates}} a SET unpublished = a.unpublished - lk.n, \
                  available_at = CASE WHEN a.unpublished - lk.n <= 0 THEN $7 \

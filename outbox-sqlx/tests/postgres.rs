@@ -337,14 +337,66 @@ async fn four_relays_with_separate_pools_publish_each_entry_once_in_order() {
 /// aggregate's entries in sequence order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_writers_and_relays_on_the_same_aggregates_never_deadlock() {
+    let (pool, outbox) = fresh_outbox("nodeadlock").await;
+    let keys: Vec<String> = (0..6).map(|k| format!("hot-{k}")).collect();
+    writers_and_relays_never_deadlock(&pool, &outbox, &keys, || connect(4)).await;
+}
+
+/// The same in a database whose default collation is not bytewise (ICU `en-US`, as most
+/// production databases have one like it), with aggregate ids that sort differently there:
+/// writers lock aggregates in byte order, so relays must too. Fails when the relays' lock order
+/// follows the database's collation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_order_is_bytewise_whatever_the_database_collation() {
+    let admin = connect(1).await;
+    let db = "outbox_test_icu";
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(db)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    if !exists {
+        let created =
+            sqlx::query(&format!("CREATE DATABASE {db} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"))
+                .execute(&admin)
+                .await;
+        // Another test process may have created it meanwhile (42P04 duplicate_database).
+        if let Err(e) = created
+            && e.as_database_error().and_then(|d| d.code()).as_deref() != Some("42P04")
+        {
+            panic!("cannot create the ICU test database {db} (PostgreSQL 15+ built with ICU): {e}");
+        }
+    }
+    let options = pg_url().parse::<sqlx::postgres::PgConnectOptions>().unwrap().database(db);
+    let icu = move |max: u32| PgPoolOptions::new().max_connections(max).connect_lazy_with(options.clone());
+    let pool = icu(5);
+    let en_us: bool =
+        sqlx::query_scalar("SELECT 'hot-a' < 'HOT-b' AND 'HOT-b' < 'hot-c'").fetch_one(&pool).await.unwrap();
+    assert!(en_us, "the test database {db} must sort text as ICU en-US does (case last), not bytewise");
+    drop_stale(&pool).await;
+    let outbox = PgOutbox::new(Tables::new(unique_table("icuorder")).unwrap());
+    outbox.migrate(&pool).await.unwrap();
+    // Byte order: "HOT-b" < "HOT-d" < "Hot-f" < "hot-a" < "hot-c" < "hot-e"; en-US order is
+    // a, b, c, d, e, f.
+    let keys: Vec<String> = ["hot-a", "HOT-b", "hot-c", "HOT-d", "hot-e", "Hot-f"].map(String::from).to_vec();
+    writers_and_relays_never_deadlock(&pool, &outbox, &keys, || async { icu(4) }).await;
+}
+
+/// Four writers enqueue batches over `keys` (four of them per batch, in a varying order) and
+/// hold the locks a moment, while two relays (two batches in flight each) drain: every business
+/// transaction must commit, every entry be published once and in order.
+async fn writers_and_relays_never_deadlock<F: Future<Output = PgPool>>(
+    pool: &PgPool,
+    outbox: &PgOutbox,
+    keys: &[String],
+    connect: impl Fn() -> F,
+) {
     const WRITERS: usize = 4;
     const BATCHES: usize = 50;
-    const AGGREGATES: usize = 6;
-    let (pool, outbox) = fresh_outbox("nodeadlock").await;
     let total = WRITERS * BATCHES * 4;
     let publisher = Shared::default();
     let writers_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stores = vec![outbox.store(connect(4).await), outbox.store(connect(4).await)];
+    let stores = vec![outbox.store(connect().await), outbox.store(connect().await)];
     let config = |i: usize| RelayConfig {
         relay_id: format!("relay-{i}"),
         batch_size: 20,
@@ -357,15 +409,14 @@ async fn batch_writers_and_relays_on_the_same_aggregates_never_deadlock() {
     let (done, published) = (writers_done.clone(), publisher.inner.clone());
     let relays =
         spawn_relays(stores, &publisher, config, move || done.load(Ordering::SeqCst) && published.len() >= total);
-    let writers_pool = connect(WRITERS as u32).await;
+    let writers_pool = connect().await;
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let (pool, outbox) = (writers_pool.clone(), outbox.clone());
+        let (pool, outbox, keys) = (writers_pool.clone(), outbox.clone(), keys.to_vec());
         writers.push(tokio::spawn(async move {
             for b in 0..BATCHES {
                 // Four of the six aggregates, in an order that varies; enqueue_batch sorts them.
-                let batch: Vec<NewEntry> =
-                    (0..4).map(|k| entry(&format!("hot-{}", (w + b * 5 + k * 7) % AGGREGATES), b)).collect();
+                let batch: Vec<NewEntry> = (0..4).map(|k| entry(&keys[(w + b * 5 + k * 7) % keys.len()], b)).collect();
                 let mut tx = pool.begin().await.map_err(|e| format!("writer {w} batch {b}: begin: {e}"))?;
                 outbox.enqueue_batch(&mut tx, &batch).await.map_err(|e| format!("writer {w} batch {b}: {e}"))?;
                 // Hold the aggregates' locks a moment, while relays complete batches of them.
@@ -390,7 +441,7 @@ async fn batch_writers_and_relays_on_the_same_aggregates_never_deadlock() {
         }
     }
     assert_eq!(seen.len(), total, "every committed entry is published once");
-    let stats = outbox.store(pool).stats(Timestamp::now()).await.unwrap();
+    let stats = outbox.store(pool.clone()).stats(Timestamp::now()).await.unwrap();
     assert_eq!((stats.published, stats.pending, stats.processing), (total as u64, 0, 0), "{stats:?}");
 }
 
