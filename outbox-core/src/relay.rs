@@ -334,6 +334,15 @@ impl<S: Store, P: Publisher> Relay<S, P> {
     ///
     /// An `Err` is a store failure (claim or completion); publish failures are outcomes.
     pub async fn run_once(&self) -> Result<BatchReport> {
+        match self.claim_and_publish().await? {
+            Some(published) => self.finish(published).await,
+            None => Ok(BatchReport::default()),
+        }
+    }
+
+    /// The first half of a batch: claims it and publishes it; `None` when there was nothing to
+    /// claim. [`Relay::finish`] records the outcomes.
+    async fn claim_and_publish(&self) -> Result<Option<Published>> {
         let config = &self.config;
         let holder = format!("{}:{}", config.relay_id, self.batches.fetch_add(1, Ordering::Relaxed));
         let now = config.clock.now();
@@ -349,7 +358,7 @@ impl<S: Store, P: Publisher> Relay<S, P> {
         let batch = self.store.claim(&request).await?;
         let claim_took = started.elapsed();
         if batch.is_empty() {
-            return Ok(BatchReport::default());
+            return Ok(None);
         }
         self.observe(&RelayEvent::Claimed { entries: batch.len(), took: claim_took });
 
@@ -358,6 +367,12 @@ impl<S: Store, P: Publisher> Relay<S, P> {
         let publish_took = publish_started.elapsed();
 
         let (completion, fates) = self.completion(holder, &batch, outcomes);
+        Ok(Some(Published { batch, completion, fates, claim_took, publish_took }))
+    }
+
+    /// The second half of a batch: records its completion in the store, then reports it.
+    async fn finish(&self, published: Published) -> Result<BatchReport> {
+        let Published { batch, completion, fates, claim_took, publish_took } = published;
         let complete_started = Instant::now();
         self.complete(&completion).await?;
         let complete_took = complete_started.elapsed();
@@ -416,13 +431,30 @@ impl<S: Store, P: Publisher> Relay<S, P> {
         Ok(())
     }
 
+    /// One batch after another, pipelined: while a batch's completion is being written, the next
+    /// batch is already claimed and published (publishes stay one at a time per worker). Order
+    /// holds because the completing batch still leases its aggregates, so the next claim cannot
+    /// take them.
     async fn worker(&self, timer: &dyn Timer, stop: &Stop) {
         let mut idle = self.config.poll_interval;
+        let mut completing: Option<Published> = None;
         while !stop.is_triggered() {
             let seen = self.wakeup.0.generation();
-            match self.run_once().await {
-                Ok(report) if report.claimed > 0 => idle = self.config.poll_interval,
-                Ok(_) => {
+            let previous = completing.take();
+            let finishing = async {
+                if let Some(previous) = previous
+                    && let Err(error) = self.finish(previous).await
+                {
+                    self.observe(&RelayEvent::StoreError { error: &error });
+                }
+            };
+            let (next, ()) = join(self.claim_and_publish(), finishing).await;
+            match next {
+                Ok(Some(published)) => {
+                    completing = Some(published);
+                    idle = self.config.poll_interval;
+                }
+                Ok(None) => {
                     race(race(self.wakeup.0.changed_since(seen), timer.sleep(idle)), stop.wait()).await;
                     idle = (idle * 2).min(self.config.max_poll_interval);
                 }
@@ -432,6 +464,12 @@ impl<S: Store, P: Publisher> Relay<S, P> {
                     idle = (idle * 2).min(self.config.max_poll_interval);
                 }
             }
+        }
+        // Stopping: the last batch published is still recorded.
+        if let Some(last) = completing
+            && let Err(error) = self.finish(last).await
+        {
+            self.observe(&RelayEvent::StoreError { error: &error });
         }
     }
 
@@ -578,6 +616,15 @@ impl Stop {
     }
 }
 
+/// A batch claimed and published, waiting for its completion to be recorded.
+struct Published {
+    batch: Vec<Entry>,
+    completion: Completion,
+    fates: Vec<Fate>,
+    claim_took: Duration,
+    publish_took: Duration,
+}
+
 /// What became of one entry of a batch.
 enum Fate {
     Published,
@@ -589,6 +636,34 @@ enum Fate {
 enum Either<A, B> {
     Left(A),
     Right(B),
+}
+
+/// Polls both futures until both are done; completes with both outputs.
+async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    let (mut a_out, mut b_out) = (None, None);
+    poll_fn(|cx| {
+        if a_out.is_none()
+            && let Poll::Ready(x) = a.as_mut().poll(cx)
+        {
+            a_out = Some(x);
+        }
+        if b_out.is_none()
+            && let Poll::Ready(y) = b.as_mut().poll(cx)
+        {
+            b_out = Some(y);
+        }
+        match (a_out.take(), b_out.take()) {
+            (Some(x), Some(y)) => Poll::Ready((x, y)),
+            (x, y) => {
+                a_out = x;
+                b_out = y;
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 /// Polls both futures; completes with whichever finishes first (the first one on a tie).

@@ -272,6 +272,62 @@ async fn batches_in_flight_together_keep_order_and_publish_once() {
     assert!(publisher.2.load(Ordering::SeqCst) > 1, "batches really were in flight together");
 }
 
+/// Counts claims; the k-th completion waits (up to 2 s) until claim k + 1 has started (the next
+/// batch's), and counts whether it did: one batch at a time, it never would.
+#[derive(Clone, Default)]
+struct Overlapping {
+    inner: MemoryStore,
+    claims: Arc<AtomicUsize>,
+    completions: Arc<AtomicUsize>,
+    overlapped: Arc<AtomicUsize>,
+}
+
+impl Store for Overlapping {
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Entry>> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        self.inner.claim(request).await
+    }
+    async fn complete(&self, completion: &Completion) -> Result<()> {
+        let k = self.completions.fetch_add(1, Ordering::SeqCst) + 1;
+        for _ in 0..200 {
+            if self.claims.load(Ordering::SeqCst) > k {
+                self.overlapped.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.inner.complete(completion).await
+    }
+}
+
+#[tokio::test]
+async fn the_next_batch_is_claimed_while_the_last_completion_is_written() {
+    let store = Overlapping::default();
+    let mut expected = HashSet::new();
+    let entries: Vec<NewEntry> = (0..30).map(|a| entry(&format!("o-{a}"), 0)).collect();
+    expected.extend(entries.iter().map(NewEntry::id));
+    store.inner.enqueue(entries).unwrap();
+    let publisher = CollectingPublisher::new();
+    // One batch at a time (max_in_flight 1): three batches of ten, then an empty claim.
+    let config = RelayConfig { batch_size: 10, poll_interval: Duration::from_millis(5), ..RelayConfig::default() };
+    let relay = Arc::new(Relay::new(store.clone(), publisher.clone(), config).unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.run(async { stopped.await.unwrap_or(()) }).await }
+    });
+    eventually("three completions", || store.completions.load(Ordering::SeqCst) >= 3).await;
+    eventually("all 30 entries are published", || publisher.len() >= 30).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let stats = store.inner.stats(Timestamp::now()).await.unwrap();
+    assert_eq!((stats.published, stats.processing, stats.pending), (30, 0, 0), "{stats:?}");
+    assert_eq!(publisher.published().iter().map(|e| e.id).collect::<HashSet<_>>(), expected, "each once");
+    assert_eq!(publisher.len(), 30, "no entry published twice");
+    let (completions, overlapped) = (store.completions.load(Ordering::SeqCst), store.overlapped.load(Ordering::SeqCst));
+    assert_eq!(overlapped, completions, "every completion ran while the next claim did ({completions} completions)");
+}
+
 /// Fails the first `n` claims and the first `m` completions with a retryable error.
 #[derive(Clone)]
 struct Flaky {

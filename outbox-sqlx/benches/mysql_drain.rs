@@ -156,7 +156,7 @@ async fn adapter(admin: &MySqlPool, total: usize, aggregates: usize, relays: usi
         stores.push(outbox.store(connect(2).await?));
     }
     let pools: Vec<MySqlPool> = stores.iter().map(|s| s.pool().clone()).collect();
-    let (took, split) = common::drain(stores, total).await?;
+    let (took, split) = common::drain(stores, total, 1).await?;
     for p in pools {
         p.close().await;
     }
@@ -206,7 +206,9 @@ async fn main() -> BenchResult<()> {
         rates.push((relays, r));
         row(
             "mariadb",
-            &format!("adapter drain, {relays} relay(s), no-op publisher, {size}"),
+            &format!(
+                "adapter drain, {relays} relay(s), Relay::run default (1 batch in flight), no-op publisher, {size}"
+            ),
             format!("{r:.0}"),
             "entries/s",
             &format!(

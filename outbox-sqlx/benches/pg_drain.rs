@@ -1,5 +1,6 @@
 //! Drains a PostgreSQL backlog through `outbox_core::NoopPublisher` with 1, 2 and 4 relays
-//! (each relay on its own pool, `Relay::run_once` in a spawned task), and, in the same run on the
+//! (each relay on its own pool, `Relay::run` with the default one batch in flight, in a spawned
+//! task), one relay with two batches in flight, and, in the same run on the
 //! same database, a hand-written naive loop doing the same work with the least SQL: one
 //! `UPDATE … SET status = 'processing' WHERE id IN (SELECT id … WHERE status = 'pending'
 //! ORDER BY created_at LIMIT n FOR UPDATE SKIP LOCKED) RETURNING …` per batch, then one
@@ -124,14 +125,14 @@ async fn naive(admin: &PgPool, total: usize, aggregates: usize, batch: i64) -> B
     Ok((took, naive_split(batches, claim_t, complete_t)))
 }
 
-/// The adapter with `relays` relays, each on its own pool: `run_once` in a loop (one batch at a
-/// time) when `in_flight` is `None`, else `Relay::run` with that many batches in flight.
+/// The adapter with `relays` relays, each on its own pool, running `Relay::run` with `in_flight`
+/// batches in flight.
 async fn adapter(
     admin: &PgPool,
     total: usize,
     aggregates: usize,
     relays: usize,
-    in_flight: Option<usize>,
+    in_flight: usize,
 ) -> BenchResult<(Duration, String)> {
     let name = unique("bench_drain");
     let outbox = PgOutbox::new(Tables::new(name.clone())?);
@@ -145,10 +146,7 @@ async fn adapter(
         stores.push(outbox.store(connect(2).await?));
     }
     let pools: Vec<PgPool> = stores.iter().map(|s| s.pool().clone()).collect();
-    let (took, split) = match in_flight {
-        None => common::drain(stores, total).await?,
-        Some(n) => common::drain_running(stores, total, n).await?,
-    };
+    let (took, split) = common::drain(stores, total, in_flight).await?;
     for p in pools {
         p.close().await;
     }
@@ -196,12 +194,14 @@ async fn main() -> BenchResult<()> {
     let mut rates = Vec::new();
     for &relays in &relay_counts {
         say(format!("postgres adapter, {relays} relay(s), {size}"));
-        let (took, split) = adapter(&admin, total, aggregates, relays, None).await?;
+        let (took, split) = adapter(&admin, total, aggregates, relays, 1).await?;
         let r = rate(total, took);
         rates.push((relays, r));
         row(
             "postgres",
-            &format!("adapter drain, {relays} relay(s), no-op publisher, {size}"),
+            &format!(
+                "adapter drain, {relays} relay(s), Relay::run default (1 batch in flight), no-op publisher, {size}"
+            ),
             format!("{r:.0}"),
             "entries/s",
             &format!(
@@ -212,7 +212,7 @@ async fn main() -> BenchResult<()> {
         );
     }
     say(format!("postgres adapter, 1 relay, 2 batches in flight, {size}"));
-    let (took, split) = adapter(&admin, total, aggregates, 1, Some(2)).await?;
+    let (took, split) = adapter(&admin, total, aggregates, 1, 2).await?;
     let running = rate(total, took);
     row(
         "postgres",
@@ -236,7 +236,7 @@ async fn main() -> BenchResult<()> {
     if let Some(one) = of(1) {
         row(
             "postgres",
-            "adapter 1 relay (1 batch at a time) ÷ naive loop (target ≥ 1.5)",
+            "adapter 1 relay (default, 1 batch in flight) ÷ naive loop (target ≥ 1.5)",
             format!("{:.2}", one / naive_rate),
             "ratio",
             &format!("adapter {}/s, naive {}/s, same run", thousands(one), thousands(naive_rate)),

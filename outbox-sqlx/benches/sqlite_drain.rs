@@ -145,7 +145,7 @@ async fn adapter(path: &Path, total: usize, aggregates: usize, relays: usize) ->
         stores.push(outbox.store(pool(path, 2).await?));
     }
     let pools: Vec<SqlitePool> = stores.iter().map(|s| s.pool().clone()).collect();
-    let (took, split) = common::drain(stores, total).await?;
+    let (took, split) = common::drain(stores, total, 1).await?;
     for p in pools {
         p.close().await;
     }
@@ -204,7 +204,9 @@ async fn main() -> BenchResult<()> {
         rates.push((relays, r));
         row(
             "sqlite",
-            &format!("adapter drain, {relays} relay(s), no-op publisher, {size}"),
+            &format!(
+                "adapter drain, {relays} relay(s), Relay::run default (1 batch in flight), no-op publisher, {size}"
+            ),
             format!("{r:.0}"),
             "entries/s",
             &format!(

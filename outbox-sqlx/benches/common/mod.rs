@@ -123,79 +123,11 @@ impl Split {
     }
 }
 
-/// Drains `total` entries with one relay per store (each store on its own pool), each relay a
-/// spawned task calling `Relay::run_once` until all `total` are published; returns the wall
-/// time from the first claim to the last completion, and where the time went.
-pub(crate) async fn drain<S>(stores: Vec<S>, total: usize) -> BenchResult<(Duration, Arc<Split>)>
-where
-    S: Store + Send + Sync + 'static,
-{
-    let done = Arc::new(AtomicUsize::new(0));
-    let split = Arc::new(Split::default());
-    let mut relays = Vec::new();
-    for store in stores {
-        let seen = split.clone();
-        let observer = move |event: &RelayEvent<'_>| {
-            if let RelayEvent::BatchCompleted { claim, complete, .. } = event {
-                seen.batches.fetch_add(1, Ordering::Relaxed);
-                seen.claim_us.fetch_add(claim.as_micros() as u64, Ordering::Relaxed);
-                seen.complete_us.fetch_add(complete.as_micros() as u64, Ordering::Relaxed);
-            }
-        };
-        let config = RelayConfig { observer: Arc::new(observer), ..relay_config() };
-        relays.push(Relay::new(store, NoopPublisher, config)?);
-    }
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for relay in relays {
-        let done = done.clone();
-        let retried = split.retried.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut idle_since: Option<Instant> = None;
-            while done.load(Ordering::Relaxed) < total {
-                // Like `Relay::run`: a retryable store error (deadlock, lost connection) is counted
-                // and the batch tried again; anything else ends the bench.
-                let report = match relay.run_once().await {
-                    Ok(report) => report,
-                    Err(e) if e.is_retryable() => {
-                        retried.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                done.fetch_add(report.published, Ordering::Relaxed);
-                if report.claimed == 0 {
-                    // Another relay holds the last aggregates: wait for it, but not forever.
-                    let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > Duration::from_secs(60) {
-                        return Err(outbox_core::Error::new(
-                            outbox_core::ErrorKind::Unexpected,
-                            "nothing claimable for 60 s before the backlog was drained",
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                } else {
-                    idle_since = None;
-                }
-            }
-            Ok::<_, outbox_core::Error>(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok((started.elapsed(), split))
-}
-
-/// Drains like [`drain`], but with `Relay::run` and `in_flight` batches in flight per relay (the
-/// relay claims the next batch while the previous one completes), stopping once `total` entries
-/// are published.
-pub(crate) async fn drain_running<S>(
-    stores: Vec<S>,
-    total: usize,
-    in_flight: usize,
-) -> BenchResult<(Duration, Arc<Split>)>
+/// Drains `total` entries with one relay per store (each store on its own pool), each running
+/// `Relay::run` as a spawned task with `in_flight` batches in flight (1 is the default: one
+/// batch publishing while the previous one's completion is written), until all `total` are
+/// published; returns the wall time, and where the time went.
+pub(crate) async fn drain<S>(stores: Vec<S>, total: usize, in_flight: usize) -> BenchResult<(Duration, Arc<Split>)>
 where
     S: Store + Send + Sync + 'static,
 {
