@@ -28,10 +28,12 @@ pub struct RelayConfig {
     /// busy aggregates; with more, a failure may let the broker see a later entry once before
     /// it is sent again in order (it is released, not marked published).
     pub max_per_aggregate: usize,
-    /// How many batches may be in flight at once (default 1). Each batch holds its own
-    /// aggregates, so order is kept at any value. With 2, the relay claims the next batch while
-    /// the previous one publishes and completes: on PostgreSQL that doubled one relay's drain
-    /// rate (see BENCHMARKS.md). The publisher then sees that many `publish` calls at once.
+    /// How many batches [`Relay::run`] publishes at once (default 1): it runs that many workers.
+    /// Each worker already overlaps its batches (it claims and publishes the next batch while the
+    /// last one's completion is written); more workers also overlap publishing. Each batch holds
+    /// its own aggregates, so order is kept at any value. The publisher sees up to this many
+    /// `publish` calls at once. On PostgreSQL, 2 made one relay drain 1.6 × faster than 1 (see
+    /// BENCHMARKS.md).
     pub max_in_flight: usize,
     /// How long to wait before polling again when idle (default 100 ms); doubles while idle.
     pub poll_interval: Duration,
@@ -395,8 +397,10 @@ impl<S: Store, P: Publisher> Relay<S, P> {
     }
 
     /// Runs until `shutdown` completes: claims while there is work, waits (woken by the
-    /// [`Wakeup`] or the poll interval) while there is none. On shutdown it stops claiming,
-    /// lets the batches in flight finish, and returns.
+    /// [`Wakeup`] or the poll interval) while there is none. Each of the
+    /// [`max_in_flight`](RelayConfig::max_in_flight) workers claims and publishes its next batch
+    /// while the last one's completion is being written. On shutdown it stops claiming, lets the
+    /// batches in flight finish (their completions written), and returns.
     ///
     /// Store failures never end the loop: they are reported to the observer and retried after
     /// a back-off. Fails only if no [`Timer`] is configured.
@@ -441,6 +445,7 @@ impl<S: Store, P: Publisher> Relay<S, P> {
         while !stop.is_triggered() {
             let seen = self.wakeup.0.generation();
             let previous = completing.take();
+            let was_completing = previous.is_some();
             let finishing = async {
                 if let Some(previous) = previous
                     && let Err(error) = self.finish(previous).await
@@ -454,6 +459,9 @@ impl<S: Store, P: Publisher> Relay<S, P> {
                     completing = Some(published);
                     idle = self.config.poll_interval;
                 }
+                // The claim ran while the last batch still leased its aggregates (with one busy
+                // aggregate, it found only those): claim again now that they are released.
+                Ok(None) if was_completing => {}
                 Ok(None) => {
                     race(race(self.wakeup.0.changed_since(seen), timer.sleep(idle)), stop.wait()).await;
                     idle = (idle * 2).min(self.config.max_poll_interval);

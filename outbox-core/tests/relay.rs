@@ -328,6 +328,27 @@ async fn the_next_batch_is_claimed_while_the_last_completion_is_written() {
     assert_eq!(overlapped, completions, "every completion ran while the next claim did ({completions} completions)");
 }
 
+#[tokio::test]
+async fn one_busy_aggregate_drains_batch_after_batch_without_waiting_for_a_poll() {
+    let store = MemoryStore::new();
+    store.enqueue((0..100).map(|n| entry("o-1", n))).unwrap();
+    let publisher = CollectingPublisher::new();
+    // Polls once a minute: only claiming again at once after a batch drains this in time. The
+    // claim made while a batch completes finds the aggregate still leased by that batch.
+    let config = RelayConfig { batch_size: 10, max_per_aggregate: 10, ..quiet_config() };
+    let relay = Arc::new(Relay::new(store.clone(), publisher.clone(), config).unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.run(async { stopped.await.unwrap_or(()) }).await }
+    });
+    eventually("all 100 entries of the aggregate are published", || publisher.len() >= 100).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let sequences: Vec<i64> = publisher.published().iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=100).collect::<Vec<i64>>(), "once each, in order");
+}
+
 /// Fails the first `n` claims and the first `m` completions with a retryable error.
 #[derive(Clone)]
 struct Flaky {

@@ -201,11 +201,17 @@ impl SqliteOutbox {
 
 /// The relay's side of a SQLite outbox: [`Store`] and [`Maintenance`] over a pool.
 /// Cheap to clone (clones share the pool).
+///
+/// SQLite has one writer at a time, so a store queues its own writing transactions (claims,
+/// completions, requeues: a relay claims its next batch while the last one completes) on an
+/// async lock shared by its clones, instead of having them wait in SQLite's busy handler, which
+/// polls with sleeps of up to 100 ms.
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
     outbox: SqliteOutbox,
     options: ClaimOptions,
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -254,7 +260,7 @@ fn id_bytes(id: &EntryId) -> Vec<u8> {
 impl SqliteStore {
     /// A store for `outbox` over `pool`, with default [`ClaimOptions`].
     pub fn new(pool: SqlitePool, outbox: SqliteOutbox) -> Self {
-        SqliteStore { pool, outbox, options: ClaimOptions::default() }
+        SqliteStore { pool, outbox, options: ClaimOptions::default(), writer: Arc::default() }
     }
 
     /// Uses `options` for claims.
@@ -323,6 +329,7 @@ impl Store for SqliteStore {
         let sql = &self.outbox.sql;
         let table = self.outbox.tables.name();
         let k = plan::aggregates_for(self.options.aggregates_per_claim, request);
+        let _writing = self.writer.lock().await;
         let mut conn = self.pool.acquire().await.map_err(|e| self.err(what, e))?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.err(what, e))?;
         let locked: Vec<(String, String)> = sqlx::query_as(&sql.lock_aggregates)
@@ -409,6 +416,7 @@ impl Store for SqliteStore {
             .chain(&completion.released)
             .copied()
             .collect();
+        let _writing = self.writer.lock().await;
         let mut conn = self.pool.acquire().await.map_err(|e| self.err(what, e))?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.err(what, e))?;
         let mut held: HashMap<EntryId, Key> = HashMap::with_capacity(all.len());
@@ -559,6 +567,7 @@ impl Maintenance for SqliteStore {
     async fn requeue_dead(&self, which: Requeue<'_>, now: Timestamp) -> Result<u64> {
         let what = "requeuing dead entries";
         let sql = &self.outbox.sql;
+        let _writing = self.writer.lock().await;
         let mut conn = self.pool.acquire().await.map_err(|e| self.err(what, e))?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.err(what, e))?;
         let set = format!(
