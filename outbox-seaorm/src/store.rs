@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use outbox_core::{
     ClaimRequest, Completion, DeadPolicy, Entry, EntryId, Maintenance, Requeue, Result, Stats, Status, Store, Timestamp,
@@ -37,11 +38,17 @@ use crate::query::Query;
 /// relay.run_once().await?;
 /// # Ok(()) }
 /// ```
+///
+/// On SQLite (one writer at a time) a store queues its own writing transactions (claims,
+/// completions, requeues: a relay claims its next batch while the last one completes) on an
+/// async lock shared by its clones, instead of having them wait in SQLite's busy handler, which
+/// polls with sleeps of up to 100 ms.
 #[derive(Clone)]
 pub struct SeaStore {
     db: DatabaseConnection,
     tables: Tables,
     backend: DbBackend,
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for SeaStore {
@@ -64,10 +71,18 @@ fn held_keys(rows: &[sea_orm::QueryResult], backend: DbBackend, table: &str) -> 
 }
 
 impl SeaStore {
+    /// On SQLite, this store's turn to write (see the type's docs); elsewhere nothing.
+    async fn writing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            DbBackend::Sqlite => Some(self.writer.lock().await),
+            _ => None,
+        }
+    }
+
     /// A store over the outbox in `tables`, on `db`.
     pub fn new(db: DatabaseConnection, tables: Tables) -> Self {
         let backend = db.get_database_backend();
-        SeaStore { db, tables, backend }
+        SeaStore { db, tables, backend, writer: Arc::default() }
     }
 
     /// The connection pool.
@@ -753,6 +768,7 @@ impl Store for SeaStore {
         if request.max_entries == 0 || request.max_per_aggregate == 0 {
             return Ok(Vec::new());
         }
+        let _writing = self.writing().await;
         self.claim_inner(request).await
     }
 
@@ -760,6 +776,7 @@ impl Store for SeaStore {
         if completion.is_empty() {
             return Ok(());
         }
+        let _writing = self.writing().await;
         self.complete_inner(completion).await
     }
 }
@@ -777,6 +794,7 @@ impl Maintenance for SeaStore {
     }
 
     async fn requeue_dead(&self, which: Requeue<'_>, now: Timestamp) -> Result<u64> {
+        let _writing = self.writing().await;
         self.requeue_inner(which, now).await
     }
 
