@@ -9,6 +9,8 @@
 //!
 //! Every case gets a fresh table filled in SQL (`generate_series`), then `VACUUM ANALYZE`.
 //!
+//! Cases alternate in `OUTBOX_BENCH_ROUNDS` rounds (default 3); a rate is all entries over all time.
+//!
 //! Run: `cargo bench -p outbox-sqlx --bench pg_drain`. Sizes: `OUTBOX_BENCH_ENTRIES` (default
 //! 200000), `OUTBOX_BENCH_AGGREGATES` (default 1000), `OUTBOX_BENCH_RELAYS` (default `1,2,4`).
 //! Server: `OUTBOX_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
@@ -172,68 +174,98 @@ async fn adapter(
     Ok((took, split.describe()))
 }
 
+/// One case of the bench: the naive loop, or the adapter with some relays and batches in flight.
+#[derive(Clone, Copy, PartialEq)]
+enum Case {
+    Naive,
+    Adapter { relays: usize, in_flight: usize },
+}
+
+/// A case's time over all rounds, and the last round's notes.
+struct Tally {
+    case: Case,
+    took: Duration,
+    split: String,
+    load: String,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> BenchResult<()> {
     let total = env_usize("OUTBOX_BENCH_ENTRIES", 200_000);
     let aggregates = env_usize("OUTBOX_BENCH_AGGREGATES", 1_000);
+    let rounds = env_usize("OUTBOX_BENCH_ROUNDS", 3).max(1);
     let relay_counts: Vec<usize> =
         env_str("OUTBOX_BENCH_RELAYS", "1,2,4").split(',').filter_map(|s| s.trim().parse().ok()).collect();
     let admin = connect(2).await?;
     let size = format!("{} x 200 B, {} aggregates", thousands(total as f64), thousands(aggregates as f64));
 
-    say(format!("postgres naive loop, {size}"));
-    let (naive_took, naive_split) = naive(&admin, total, aggregates, 1000).await?;
-    let naive_rate = rate(total, naive_took);
-    row(
-        "postgres",
-        &format!("naive SKIP LOCKED loop (UPDATE … RETURNING + UPDATE = ANY), {size}"),
-        format!("{naive_rate:.0}"),
-        "entries/s",
-        &format!("1 connection, batches of 1,000, no per-aggregate order; {naive_split}; {}", load_note()),
-    );
-    let mut rates = Vec::new();
-    for &relays in &relay_counts {
-        say(format!("postgres adapter, {relays} relay(s), {size}"));
-        let (took, split) = adapter(&admin, total, aggregates, relays, 1).await?;
-        let r = rate(total, took);
-        rates.push((relays, r));
+    // Cases alternate in rounds, so drift on a shared machine (other load, autovacuum) hits each
+    // alike; a case's rate is all its entries over all its time.
+    let mut tallies: Vec<Tally> = std::iter::once(Case::Naive)
+        .chain(relay_counts.iter().map(|&relays| Case::Adapter { relays, in_flight: 1 }))
+        .chain(std::iter::once(Case::Adapter { relays: 1, in_flight: 2 }))
+        .map(|case| Tally { case, took: Duration::ZERO, split: String::new(), load: String::new() })
+        .collect();
+    for round in 1..=rounds {
+        for tally in &mut tallies {
+            let (took, split) = match tally.case {
+                Case::Naive => {
+                    say(format!("round {round}/{rounds}: postgres naive loop, {size}"));
+                    naive(&admin, total, aggregates, 1000).await?
+                }
+                Case::Adapter { relays, in_flight } => {
+                    say(format!("round {round}/{rounds}: postgres adapter, {relays} relay(s), {in_flight} in flight"));
+                    adapter(&admin, total, aggregates, relays, in_flight).await?
+                }
+            };
+            tally.took += took;
+            tally.split = split;
+            tally.load = load_note();
+        }
+    }
+    let entries = total * rounds;
+    let rate_of = |case: Case| tallies.iter().find(|t| t.case == case).map(|t| rate(entries, t.took));
+    let per_aggregate = common::relay_config().max_per_aggregate;
+    let of_rounds = format!("{rounds} rounds alternating, last round's split");
+    for t in &tallies {
+        let r = rate(entries, t.took);
+        let (case, note) = match t.case {
+            Case::Naive => (
+                format!("naive SKIP LOCKED loop (UPDATE … RETURNING + UPDATE = ANY), {size}"),
+                format!("1 connection, batches of 1,000, no per-aggregate order; {of_rounds}: {}", t.split),
+            ),
+            Case::Adapter { relays, in_flight: 1 } => (
+                format!(
+                    "adapter drain, {relays} relay(s), Relay::run default (1 batch in flight), no-op publisher, {size}"
+                ),
+                format!(
+                    "batches of 1,000, {per_aggregate} per aggregate, order kept (checked); {of_rounds}: {}",
+                    t.split
+                ),
+            ),
+            Case::Adapter { relays, in_flight } => (
+                format!(
+                    "adapter drain, {relays} relay(s), Relay::run with max_in_flight = {in_flight}, no-op publisher, {size}"
+                ),
+                format!(
+                    "batches of 1,000, {per_aggregate} per aggregate, order kept (checked); {of_rounds}: {}",
+                    t.split
+                ),
+            ),
+        };
+        row("postgres", &case, format!("{r:.0}"), "entries/s", &format!("{note}; {}", t.load));
+    }
+    let Some(naive_rate) = rate_of(Case::Naive) else { return Ok(()) };
+    if let Some(running) = rate_of(Case::Adapter { relays: 1, in_flight: 2 }) {
         row(
             "postgres",
-            &format!(
-                "adapter drain, {relays} relay(s), Relay::run default (1 batch in flight), no-op publisher, {size}"
-            ),
-            format!("{r:.0}"),
-            "entries/s",
-            &format!(
-                "batches of 1,000, {} per aggregate, order kept (checked); {split}; {}",
-                common::relay_config().max_per_aggregate,
-                load_note()
-            ),
+            "adapter 1 relay (max_in_flight = 2) ÷ naive loop",
+            format!("{:.2}", running / naive_rate),
+            "ratio",
+            &format!("adapter {}/s, naive {}/s, same run", thousands(running), thousands(naive_rate)),
         );
     }
-    say(format!("postgres adapter, 1 relay, 2 batches in flight, {size}"));
-    let (took, split) = adapter(&admin, total, aggregates, 1, 2).await?;
-    let running = rate(total, took);
-    row(
-        "postgres",
-        &format!("adapter drain, 1 relay, Relay::run with max_in_flight = 2, no-op publisher, {size}"),
-        format!("{running:.0}"),
-        "entries/s",
-        &format!(
-            "batches of 1,000, {} per aggregate, order kept (checked); {split}; {}",
-            common::relay_config().max_per_aggregate,
-            load_note()
-        ),
-    );
-    row(
-        "postgres",
-        "adapter 1 relay (2 batches in flight) ÷ naive loop",
-        format!("{:.2}", running / naive_rate),
-        "ratio",
-        &format!("adapter {}/s, naive {}/s, same run", thousands(running), thousands(naive_rate)),
-    );
-    let of = |n: usize| rates.iter().find(|(k, _)| *k == n).map(|(_, r)| *r);
-    if let Some(one) = of(1) {
+    if let Some(one) = rate_of(Case::Adapter { relays: 1, in_flight: 1 }) {
         row(
             "postgres",
             "adapter 1 relay (default, 1 batch in flight) ÷ naive loop (target ≥ 1.5)",
@@ -242,7 +274,7 @@ async fn main() -> BenchResult<()> {
             &format!("adapter {}/s, naive {}/s, same run", thousands(one), thousands(naive_rate)),
         );
         for n in [2, 4] {
-            if let Some(r) = of(n) {
+            if let Some(r) = rate_of(Case::Adapter { relays: n, in_flight: 1 }) {
                 let target = if n == 2 { " (target ≥ 1.3)" } else { "" };
                 row(
                     "postgres",
