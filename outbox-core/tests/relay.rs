@@ -272,14 +272,27 @@ async fn batches_in_flight_together_keep_order_and_publish_once() {
     assert!(publisher.2.load(Ordering::SeqCst) > 1, "batches really were in flight together");
 }
 
-/// Counts claims; the k-th completion waits (up to 2 s) until claim k + 1 has started (the next
-/// batch's), and counts whether it did: one batch at a time, it never would.
-#[derive(Clone, Default)]
+/// Counts claims; the k-th completion waits (up to `patience`) until claim k + 1 has started
+/// (the next batch's), and counts whether it did: one batch at a time, it never would.
+#[derive(Clone)]
 struct Overlapping {
     inner: MemoryStore,
     claims: Arc<AtomicUsize>,
     completions: Arc<AtomicUsize>,
     overlapped: Arc<AtomicUsize>,
+    patience: Duration,
+}
+
+impl Overlapping {
+    fn new(patience: Duration) -> Self {
+        Overlapping {
+            inner: MemoryStore::new(),
+            claims: Arc::default(),
+            completions: Arc::default(),
+            overlapped: Arc::default(),
+            patience,
+        }
+    }
 }
 
 impl Store for Overlapping {
@@ -289,7 +302,7 @@ impl Store for Overlapping {
     }
     async fn complete(&self, completion: &Completion) -> Result<()> {
         let k = self.completions.fetch_add(1, Ordering::SeqCst) + 1;
-        for _ in 0..200 {
+        for _ in 0..self.patience.as_millis() / 10 {
             if self.claims.load(Ordering::SeqCst) > k {
                 self.overlapped.fetch_add(1, Ordering::SeqCst);
                 break;
@@ -302,7 +315,7 @@ impl Store for Overlapping {
 
 #[tokio::test]
 async fn the_next_batch_is_claimed_while_the_last_completion_is_written() {
-    let store = Overlapping::default();
+    let store = Overlapping::new(Duration::from_secs(2));
     let mut expected = HashSet::new();
     let entries: Vec<NewEntry> = (0..30).map(|a| entry(&format!("o-{a}"), 0)).collect();
     expected.extend(entries.iter().map(NewEntry::id));
@@ -326,6 +339,32 @@ async fn the_next_batch_is_claimed_while_the_last_completion_is_written() {
     assert_eq!(publisher.len(), 30, "no entry published twice");
     let (completions, overlapped) = (store.completions.load(Ordering::SeqCst), store.overlapped.load(Ordering::SeqCst));
     assert_eq!(overlapped, completions, "every completion ran while the next claim did ({completions} completions)");
+}
+
+#[tokio::test]
+async fn a_partial_batch_is_completed_before_the_next_claim() {
+    // A trickle: each batch is smaller than batch_size, so there is nothing to claim meanwhile.
+    let store = Overlapping::new(Duration::from_millis(300));
+    let publisher = CollectingPublisher::new();
+    let relay = Arc::new(Relay::new(store.clone(), publisher.clone(), quiet_config()).unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.run(async { stopped.await.unwrap_or(()) }).await }
+    });
+    for n in 0..3 {
+        store.inner.enqueue((0..5).map(|a| entry(&format!("o-{a}"), n))).unwrap();
+        relay.wakeup().wake();
+        eventually("the batch is published", || publisher.len() >= 5 * (n + 1)).await;
+        eventually("its completion is written", || store.completions.load(Ordering::SeqCst) > n).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let stats = store.inner.stats(Timestamp::now()).await.unwrap();
+    assert_eq!((stats.published, stats.processing), (15, 0), "{stats:?}");
+    assert_eq!(store.overlapped.load(Ordering::SeqCst), 0, "no claim ran while a partial batch completed");
+    // One claim per wake-up with work, plus the one that found the backlog empty.
+    assert!(store.claims.load(Ordering::SeqCst) <= 7, "claims: {}", store.claims.load(Ordering::SeqCst));
 }
 
 #[tokio::test]
