@@ -31,10 +31,9 @@ pub struct RelayConfig {
     /// How many batches [`Relay::run`] publishes at once (default 1): it runs that many workers.
     /// Each worker already overlaps its batches while there is a backlog (after a full batch it
     /// claims and publishes the next one while the last one's completion is written); more
-    /// workers also overlap publishing. Each batch holds
-    /// its own aggregates, so order is kept at any value. The publisher sees up to this many
-    /// `publish` calls at once. On PostgreSQL, 2 made one relay drain 1.6 × faster than 1 (see
-    /// BENCHMARKS.md).
+    /// workers also overlap publishing. Each batch holds its own aggregates, so order is kept at
+    /// any value. The publisher sees up to this many `publish` calls at once. On PostgreSQL, 2
+    /// made one relay drain about 1.2 × faster than 1 (see BENCHMARKS.md).
     pub max_in_flight: usize,
     /// How long to wait before polling again when idle (default 100 ms); doubles while idle.
     pub poll_interval: Duration,
