@@ -81,7 +81,7 @@
 //! - reject a duplicate id with an error rather than overwrite or drop an entry.
 //!
 //! ## Features
-//! - `tokio`: [`TokioTimer`](time::TokioTimer), used by [`Relay::run`] by default.
+//! - `tokio`: `time::TokioTimer`, used by [`Relay::run`] by default.
 //! - `testkit`: the conformance suites (`testkit`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
