@@ -9,11 +9,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Shared, assert_once_in_order, entry, redact, spawn_relays, unique_table, url};
+use common::{drain_with_relays, entry, redact, unique_table, url};
 use outbox_core::testkit::{Harness, store_suite};
-use outbox_core::{
-    ClaimRequest, Completion, DeadPolicy, ErrorKind, Maintenance, NewEntry, RelayConfig, Result, Store, Timestamp,
-};
+use outbox_core::{ClaimRequest, Completion, DeadPolicy, ErrorKind, Maintenance, NewEntry, Result, Store, Timestamp};
 use outbox_sqlx::{MySqlOutbox, MySqlStore, Tables};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
@@ -226,22 +224,11 @@ async fn four_relays_with_separate_pools_publish_each_entry_once_in_order() {
         batch.clear();
     }
     let total = expected.len();
-    let publisher = Shared::default();
     let mut stores = Vec::new();
     for _ in 0..4 {
         stores.push(outbox.store(connect(3).await));
     }
-    let config = |i: usize| RelayConfig {
-        relay_id: format!("relay-{i}"),
-        batch_size: 200,
-        max_per_aggregate: 5,
-        poll_interval: Duration::from_millis(5),
-        max_poll_interval: Duration::from_millis(50),
-        ..RelayConfig::default()
-    };
-    let published = publisher.inner.clone();
-    spawn_relays(stores, &publisher, config, move || published.len() >= total).join().await;
-    assert_once_in_order(&publisher.inner.published(), &expected);
+    drain_with_relays(stores, &expected).await;
     let stats = outbox.store(pool).stats(Timestamp::now()).await.unwrap();
     assert_eq!((stats.published, stats.pending, stats.processing), (total as u64, 0, 0));
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Shared, assert_once_in_order, entry, redact, spawn_relays, unique_table, url};
+use common::{Shared, drain_with_relays, entry, redact, spawn_relays, unique_table, url};
 use outbox_core::testkit::{Harness, store_suite};
 use outbox_core::{
     ClaimRequest, CollectingPublisher, Completion, DeadPolicy, Entry, ErrorKind, Maintenance, NewEntry, Relay,
@@ -254,15 +254,7 @@ async fn migrating_again_upgrades_tables_of_the_earlier_shape() {
     let mut tx = h.pool.begin().await.unwrap();
     outbox.enqueue(&mut tx, &entry("u", 0)).await.unwrap();
     tx.commit().await.unwrap();
-    let now = Timestamp::now();
-    let request = ClaimRequest {
-        holder: "upgraded",
-        now,
-        lease_until: now.saturating_add(Duration::from_secs(30)),
-        max_entries: 10,
-        max_per_aggregate: 10,
-        on_dead: DeadPolicy::Block,
-    };
+    let request = claim_all("upgraded");
     assert_eq!(h.store.claim(&request).await.unwrap().len(), 1, "claims work on the upgraded tables");
 }
 
@@ -310,22 +302,11 @@ async fn four_relays_with_separate_pools_publish_each_entry_once_in_order() {
         batch.clear();
     }
     let total = expected.len();
-    let publisher = Shared::default();
     let mut stores = Vec::new();
     for _ in 0..4 {
         stores.push(outbox.store(connect(3).await));
     }
-    let config = |i: usize| RelayConfig {
-        relay_id: format!("relay-{i}"),
-        batch_size: 200,
-        max_per_aggregate: 5,
-        poll_interval: Duration::from_millis(5),
-        max_poll_interval: Duration::from_millis(50),
-        ..RelayConfig::default()
-    };
-    let published = publisher.inner.clone();
-    spawn_relays(stores, &publisher, config, move || published.len() >= total).join().await;
-    assert_once_in_order(&publisher.inner.published(), &expected);
+    drain_with_relays(stores, &expected).await;
     let stats = outbox.store(pool).stats(Timestamp::now()).await.unwrap();
     assert_eq!((stats.published, stats.pending, stats.processing), (total as u64, 0, 0));
 }
@@ -589,15 +570,7 @@ async fn takes_over_entries_another_protocol_left_processing() {
         .await
         .unwrap();
 
-    let now = Timestamp::now();
-    let request = ClaimRequest {
-        holder: "second",
-        now,
-        lease_until: now.saturating_add(Duration::from_secs(30)),
-        max_entries: 10,
-        max_per_aggregate: 10,
-        on_dead: DeadPolicy::Block,
-    };
+    let request = claim_all("second");
     let claimed = store.claim(&request).await.unwrap();
     assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), entries.iter().map(|e| e.id()).collect::<Vec<_>>());
     for e in &entries {
@@ -615,7 +588,7 @@ async fn takes_over_entries_another_protocol_left_processing() {
     assert_eq!(late.rows_affected(), 0, "the lapsed holder's completion must not touch taken-over entries");
     let completion = Completion {
         holder: "second".into(),
-        now,
+        now: request.now,
         published: entries.iter().map(|e| e.id()).collect(),
         ..Completion::default()
     };

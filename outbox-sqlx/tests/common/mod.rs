@@ -148,6 +148,28 @@ impl Relays {
     }
 }
 
+/// One relay per store (batches of 200, 5 entries per aggregate, polling every 5–50 ms) drains
+/// until every entry of `expected` is published; each must be published once, in order per
+/// aggregate.
+pub async fn drain_with_relays<S>(stores: Vec<S>, expected: &HashSet<EntryId>)
+where
+    S: Store + Send + Sync + 'static,
+{
+    let publisher = Shared::default();
+    let config = |i: usize| RelayConfig {
+        relay_id: format!("relay-{i}"),
+        batch_size: 200,
+        max_per_aggregate: 5,
+        poll_interval: std::time::Duration::from_millis(5),
+        max_poll_interval: std::time::Duration::from_millis(50),
+        ..RelayConfig::default()
+    };
+    let total = expected.len();
+    let published = publisher.inner.clone();
+    spawn_relays(stores, &publisher, config, move || published.len() >= total).join().await;
+    assert_once_in_order(&publisher.inner.published(), expected);
+}
+
 /// Starts one relay per store (configured by `config(i)`) publishing into `publisher`, each
 /// running (`Relay::run`) until `done()` holds, checked every 10 ms, for at most 60 s.
 pub fn spawn_relays<S>(
