@@ -104,7 +104,7 @@ pub use entry::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use memory::{CollectingPublisher, MemoryStore, MemoryTransaction, NoopPublisher, ScriptedPublisher};
-pub use publisher::{DynPublisher, Outcome, Publisher};
+pub use publisher::{DeliveryTimeout, DynPublisher, Outcome, Publisher};
 pub use relay::{BatchReport, NoopObserver, Observer, Relay, RelayConfig, RelayEvent, Wakeup};
 pub use retry::{ExponentialBackoff, RandomSource, RetryDecision, RetryPolicy, SplitMix64};
 pub use status::{Event, InvalidTransition, Status};

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::entry::Entry;
 use crate::error::{Error, ErrorKind, Result};
-use crate::publisher::{Outcome, Publisher};
+use crate::publisher::{DeliveryTimeout, Outcome, Publisher};
 use crate::retry::{ExponentialBackoff, RetryDecision, RetryPolicy};
 use crate::store::{ClaimRequest, Completion, Dead, DeadPolicy, Retry, Store};
 use crate::time::{Clock, SystemClock, Timer, Timestamp};
@@ -41,9 +42,19 @@ pub struct RelayConfig {
     pub max_poll_interval: Duration,
     /// How long a claim holds (default 30 s): a crashed relay's entries are claimable after it.
     pub lease_duration: Duration,
-    /// The longest a publish may take before its entries count as failed-retryable (default 10 s).
-    /// Must be shorter than the lease.
+    /// The longest a publish may take (default 10 s). A publish that takes longer says nothing
+    /// about its entries: they are released without an attempt and the relay pauses as in an
+    /// outage. Must be shorter than the lease.
     pub publish_timeout: Duration,
+    /// The first pause after a publish hit an outage (default 250 ms): the broker was
+    /// unreachable, dropped the connection, throttled, timed out as a whole, or the publisher
+    /// returned `Err` for the batch. The pause doubles with each publish that hits the outage
+    /// again, up to [`max_outage_backoff`](Self::max_outage_backoff), and resets when a
+    /// publish gets an answer from the broker. No entry is charged an attempt for an outage.
+    pub outage_backoff: Duration,
+    /// The longest pause between publishes during an outage (default 10 s): also the longest
+    /// the relay takes to notice that the broker is back.
+    pub max_outage_backoff: Duration,
     /// What a dead entry does to the later entries of its aggregate (default: blocks them).
     pub on_dead: DeadPolicy,
     /// When to retry and when to give up (default [`ExponentialBackoff::default`]).
@@ -72,6 +83,8 @@ impl Default for RelayConfig {
             max_poll_interval: Duration::from_secs(2),
             lease_duration: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(10),
+            outage_backoff: Duration::from_millis(250),
+            max_outage_backoff: Duration::from_secs(10),
             on_dead: DeadPolicy::Block,
             retry: Arc::new(ExponentialBackoff::default()),
             clock: Arc::new(SystemClock),
@@ -102,6 +115,8 @@ impl fmt::Debug for RelayConfig {
             .field("max_poll_interval", &self.max_poll_interval)
             .field("lease_duration", &self.lease_duration)
             .field("publish_timeout", &self.publish_timeout)
+            .field("outage_backoff", &self.outage_backoff)
+            .field("max_outage_backoff", &self.max_outage_backoff)
             .field("on_dead", &self.on_dead)
             .field("retry", &self.retry)
             .field("clock", &self.clock)
@@ -123,11 +138,31 @@ impl RelayConfig {
             return fail("poll_interval must be above zero and at most max_poll_interval");
         }
         if self.publish_timeout >= self.lease_duration {
-            return fail(
-                "publish_timeout must be shorter than lease_duration, or another relay could claim a batch still being published",
-            );
+            return fail(&format!(
+                "publish_timeout ({:?}) is not shorter than lease_duration ({:?}): another relay could claim a batch still being published; lower publish_timeout or raise lease_duration",
+                self.publish_timeout, self.lease_duration
+            ));
+        }
+        if self.outage_backoff.is_zero() || self.max_outage_backoff < self.outage_backoff {
+            return fail("outage_backoff must be above zero and at most max_outage_backoff");
         }
         Ok(())
+    }
+
+    /// Refuses a publisher whose own delivery timeout is not shorter than `publish_timeout`.
+    fn check_delivery_timeout(&self, publisher: &impl DeliveryTimeout) -> Result<()> {
+        let setting = publisher.delivery_timeout_setting();
+        let problem = match publisher.delivery_timeout() {
+            Some(timeout) if timeout < self.publish_timeout => return Ok(()),
+            Some(timeout) => format!("{setting} ({timeout:?}) is not shorter than publish_timeout ({:?})", self.publish_timeout),
+            None => format!("{setting} is unbounded, so not shorter than publish_timeout ({:?})", self.publish_timeout),
+        };
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "invalid relay config: {problem}: the relay would give up on batches the publisher may still deliver; lower {setting} below publish_timeout, or raise publish_timeout (and lease_duration above it)"
+            ),
+        ))
     }
 }
 
@@ -199,6 +234,32 @@ pub enum RelayEvent<'a> {
     StoreError {
         /// The error.
         error: &'a Error,
+    },
+    /// A publish hit an outage (broker unreachable, connection lost, throttled, the whole batch
+    /// failed or timed out) while the broker was answering before. Reported once per outage.
+    /// The batch's unpublished entries are released without an attempt; [`Relay::run`] pauses
+    /// publishing for `backoff`, then for doubling pauses (up to
+    /// [`RelayConfig::max_outage_backoff`]) until a publish gets an answer.
+    OutageStarted {
+        /// What the publisher reported.
+        error: &'a Error,
+        /// The first pause.
+        backoff: Duration,
+    },
+    /// A publish got an answer from the broker again after an outage.
+    OutageEnded {
+        /// From the first publish that hit the outage to this one.
+        lasted: Duration,
+        /// How many publishes hit the outage (none of them counted an attempt).
+        failed_publishes: u32,
+    },
+    /// The publisher panicked. The relay caught it: a batch is published again one entry at a
+    /// time, and an entry whose own publish panics counts a failed attempt.
+    PublisherPanicked {
+        /// How many entries the panicking publish had.
+        entries: usize,
+        /// The panic message.
+        message: &'a str,
     },
 }
 
@@ -291,6 +352,13 @@ pub struct Relay<S, P> {
     config: RelayConfig,
     wakeup: Wakeup,
     batches: AtomicU64,
+    outage: Mutex<Option<Outage>>,
+}
+
+/// An outage in progress: publishes that said nothing about their entries.
+struct Outage {
+    started: Instant,
+    failed_publishes: u32,
 }
 
 impl<S, P> fmt::Debug for Relay<S, P> {
@@ -303,7 +371,26 @@ impl<S: Store, P: Publisher> Relay<S, P> {
     /// A relay over `store` and `publisher`; fails if `config` is inconsistent.
     pub fn new(store: S, publisher: P, config: RelayConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Relay { store, publisher, config, wakeup: Wakeup::new(), batches: AtomicU64::new(0) })
+        Ok(Relay {
+            store,
+            publisher,
+            config,
+            wakeup: Wakeup::new(),
+            batches: AtomicU64::new(0),
+            outage: Mutex::new(None),
+        })
+    }
+
+    /// [`Relay::new`] for a publisher with a delivery timeout of its own (e.g. Kafka's
+    /// `message.timeout.ms`): also fails, with a [`ErrorKind::Config`] error naming both values,
+    /// unless that timeout is shorter than [`RelayConfig::publish_timeout`].
+    pub fn new_checked(store: S, publisher: P, config: RelayConfig) -> Result<Self>
+    where
+        P: DeliveryTimeout,
+    {
+        config.validate()?;
+        config.check_delivery_timeout(&publisher)?;
+        Relay::new(store, publisher, config)
     }
 
     /// Uses `wakeup` (e.g. one already given to a store's notifier) instead of a new handle.
@@ -365,16 +452,55 @@ impl<S: Store, P: Publisher> Relay<S, P> {
         self.observe(&RelayEvent::Claimed { entries: batch.len(), took: claim_took });
 
         let publish_started = Instant::now();
-        let outcomes = self.publish(&batch).await;
+        let outcomes = self.publish(&batch, request.lease_until).await;
         let publish_took = publish_started.elapsed();
 
-        let (completion, fates) = self.completion(holder, &batch, outcomes);
-        Ok(Some(Published { batch, completion, fates, claim_took, publish_took }))
+        let (completion, fates, outage) = self.completion(holder, &batch, outcomes);
+        let pause = self.note_outage(outage.as_ref());
+        Ok(Some(Published { batch, completion, fates, claim_took, publish_took, pause }))
+    }
+
+    /// Keeps track of outages: returns the pause before the next publish when this one hit an
+    /// outage, and tells the observer once when an outage starts and once when it ends.
+    fn note_outage(&self, outage: Option<&Error>) -> Option<Duration> {
+        let mut state = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        match outage {
+            Some(error) => {
+                let first = state.is_none();
+                let current = state.get_or_insert_with(|| Outage { started: Instant::now(), failed_publishes: 0 });
+                current.failed_publishes = current.failed_publishes.saturating_add(1);
+                let backoff = self.outage_backoff(current.failed_publishes);
+                drop(state);
+                if first {
+                    self.observe(&RelayEvent::OutageStarted { error, backoff });
+                }
+                Some(backoff)
+            }
+            None => {
+                let ended = state.take();
+                drop(state);
+                if let Some(ended) = ended {
+                    self.observe(&RelayEvent::OutageEnded {
+                        lasted: ended.started.elapsed(),
+                        failed_publishes: ended.failed_publishes,
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    /// The pause after the `n`-th publish of an outage: doubling from `outage_backoff`, at most
+    /// `max_outage_backoff`.
+    fn outage_backoff(&self, n: u32) -> Duration {
+        let growth = 2u32.checked_pow(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        let max = self.config.max_outage_backoff;
+        self.config.outage_backoff.checked_mul(growth).unwrap_or(max).min(max)
     }
 
     /// The second half of a batch: records its completion in the store, then reports it.
     async fn finish(&self, published: Published) -> Result<BatchReport> {
-        let Published { batch, completion, fates, claim_took, publish_took } = published;
+        let Published { batch, completion, fates, claim_took, publish_took, pause: _ } = published;
         let complete_started = Instant::now();
         self.complete(&completion).await?;
         let complete_took = complete_started.elapsed();
@@ -403,7 +529,12 @@ impl<S: Store, P: Publisher> Relay<S, P> {
     /// batches in flight finish (their completions written), and returns.
     ///
     /// Store failures never end the loop: they are reported to the observer and retried after
-    /// a back-off. Fails only if no [`Timer`] is configured.
+    /// a back-off. Nor do publish failures: an outage (the broker is unreachable, also at
+    /// start-up) releases the batch without counting attempts and pauses publishing with a
+    /// bounded exponential back-off ([`RelayConfig::outage_backoff`]) until the broker answers,
+    /// reported once as [`RelayEvent::OutageStarted`] and [`RelayEvent::OutageEnded`]; a
+    /// panicking publisher is caught ([`RelayEvent::PublisherPanicked`]). Fails only if no
+    /// [`Timer`] is configured.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let Some(timer) = self.config.timer.clone() else {
             return Err(Error::new(
@@ -456,6 +587,16 @@ impl<S: Store, P: Publisher> Relay<S, P> {
             };
             let (next, ()) = join(self.claim_and_publish(), finishing).await;
             match next {
+                // An outage: record the release now, then pause before publishing again (a
+                // wake-up does not end the pause: the broker, not the backlog, is the limit).
+                Ok(Some(published)) if published.pause.is_some() => {
+                    let pause = published.pause.unwrap_or(self.config.max_outage_backoff);
+                    if let Err(error) = self.finish(published).await {
+                        self.observe(&RelayEvent::StoreError { error: &error });
+                    }
+                    race(timer.sleep(pause), stop.wait()).await;
+                    idle = self.config.poll_interval;
+                }
                 // A full batch means more is likely waiting: claim it while this one completes.
                 Ok(Some(published)) if published.batch.len() >= self.config.batch_size => {
                     completing = Some(published);
@@ -492,10 +633,31 @@ impl<S: Store, P: Publisher> Relay<S, P> {
         }
     }
 
-    async fn publish(&self, batch: &[Entry]) -> Vec<Outcome> {
+    /// Publishes a batch within the publish timeout; one outcome per entry, `None` for an entry
+    /// that was not tried (it is released without an attempt). A whole-batch `Err` or timeout
+    /// becomes an outage outcome for every entry; a panic is caught and the batch is published
+    /// again one entry at a time (see [`Relay::isolate`]).
+    async fn publish(&self, batch: &[Entry], lease_until: Timestamp) -> Vec<Option<Outcome>> {
+        match self.publish_guarded(batch).await {
+            Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
+            Err(message) => {
+                self.observe(&RelayEvent::PublisherPanicked { entries: batch.len(), message: &message });
+                if batch.len() == 1 {
+                    vec![Some(Outcome::Failed(panicked(&message)))]
+                } else {
+                    self.isolate(batch, lease_until).await
+                }
+            }
+        }
+    }
+
+    /// Publishes `batch` once within the publish timeout; `Err` with the message if the
+    /// publisher panicked.
+    async fn publish_guarded(&self, batch: &[Entry]) -> std::result::Result<Vec<Outcome>, String> {
+        let publishing = catch_panic(|| self.publisher.publish(batch));
         let result = match &self.config.timer {
-            Some(timer) => match race(self.publisher.publish(batch), timer.sleep(self.config.publish_timeout)).await {
-                Either::Left(result) => result,
+            Some(timer) => match race(publishing, timer.sleep(self.config.publish_timeout)).await {
+                Either::Left(result) => result?,
                 Either::Right(()) => Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
@@ -505,37 +667,80 @@ impl<S: Store, P: Publisher> Relay<S, P> {
                     ),
                 )),
             },
-            None => self.publisher.publish(batch).await,
+            None => publishing.await?,
         };
-        match result {
+        Ok(match result {
             Ok(outcomes) if outcomes.len() == batch.len() => outcomes,
             Ok(outcomes) => {
-                let message = format!(
-                    "the publisher returned {} outcomes for a batch of {}; it must return one per entry",
-                    outcomes.len(),
-                    batch.len()
-                );
-                batch
-                    .iter()
-                    .map(|_| Outcome::Failed(Error::new(ErrorKind::Unexpected, message.clone()).with_retryable(true)))
-                    .collect()
+                let error = Error::new(
+                    ErrorKind::Unexpected,
+                    format!(
+                        "the publisher returned {} outcomes for a batch of {}; it must return one per entry",
+                        outcomes.len(),
+                        batch.len()
+                    ),
+                )
+                .with_retryable(true);
+                batch.iter().map(|_| Outcome::Failed(error.clone())).collect()
             }
-            Err(error) => batch
-                .iter()
-                .map(|_| {
-                    Outcome::Failed(Error::new(error.kind(), error.to_string()).with_retryable(error.is_retryable()))
-                })
-                .collect(),
+            // The batch as a whole failed: that says nothing about any entry.
+            Err(error) => {
+                let error = error.with_outage(true);
+                batch.iter().map(|_| Outcome::Failed(error.clone())).collect()
+            }
+        })
+    }
+
+    /// After a panic, publishes the batch again one entry at a time, in order, to find the entry
+    /// that makes the publisher panic: it alone counts a failed attempt. Once an entry of an
+    /// aggregate fails, that aggregate's later entries are not tried; after an outage, nothing
+    /// more is; nor is anything once the lease could lapse before a publish would time out.
+    async fn isolate(&self, batch: &[Entry], lease_until: Timestamp) -> Vec<Option<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+        let mut failed: HashSet<(&str, &str)> = HashSet::new();
+        let mut stop = false;
+        for (i, entry) in batch.iter().enumerate() {
+            let key = (entry.aggregate_type.as_str(), entry.aggregate_id.as_str());
+            let deadline = self.config.clock.now().saturating_add(self.config.publish_timeout);
+            if stop || deadline > lease_until || failed.contains(&key) {
+                outcomes.push(None);
+                continue;
+            }
+            let outcome = match self.publish_guarded(&batch[i..=i]).await {
+                Ok(mut one) => one.pop().unwrap_or_else(|| {
+                    Outcome::Failed(
+                        Error::new(ErrorKind::Unexpected, "the publisher returned no outcome for a batch of 1")
+                            .with_retryable(true),
+                    )
+                }),
+                Err(message) => Outcome::Failed(panicked(&message)),
+            };
+            if let Outcome::Failed(error) = &outcome {
+                failed.insert(key);
+                stop = error.is_outage();
+            }
+            outcomes.push(Some(outcome));
         }
+        outcomes
     }
 
     /// Turns outcomes into a completion, keeping order: once an entry of an aggregate fails,
     /// its later entries in the batch are released, whatever the publisher said of them.
-    fn completion(&self, holder: String, batch: &[Entry], outcomes: Vec<Outcome>) -> (Completion, Vec<Fate>) {
+    ///
+    /// An entry that was not tried, or whose failure is an outage, is released without an
+    /// attempt (and holds back its aggregate's later entries too); the first outage error is
+    /// returned.
+    fn completion(
+        &self,
+        holder: String,
+        batch: &[Entry],
+        outcomes: Vec<Option<Outcome>>,
+    ) -> (Completion, Vec<Fate>, Option<Error>) {
         let now = self.config.clock.now();
         let mut completion = Completion { holder, now, ..Completion::default() };
         let mut blocked: HashSet<(&str, &str)> = HashSet::new();
         let mut fates = Vec::with_capacity(batch.len());
+        let mut outage: Option<Error> = None;
         for (entry, outcome) in batch.iter().zip(outcomes) {
             let key = (entry.aggregate_type.as_str(), entry.aggregate_id.as_str());
             if !blocked.is_empty() && blocked.contains(&key) {
@@ -544,12 +749,21 @@ impl<S: Store, P: Publisher> Relay<S, P> {
                 continue;
             }
             let error = match outcome {
-                Outcome::Published => {
+                Some(Outcome::Published) => {
                     completion.published.push(entry.id);
                     fates.push(Fate::Published);
                     continue;
                 }
-                Outcome::Failed(error) => error,
+                Some(Outcome::Failed(error)) if !error.is_outage() => error,
+                other => {
+                    if let Some(Outcome::Failed(error)) = other {
+                        outage.get_or_insert(error);
+                    }
+                    completion.released.push(entry.id);
+                    blocked.insert(key);
+                    fates.push(Fate::Released);
+                    continue;
+                }
             };
             match self.config.retry.decide(entry.attempts + 1, &error) {
                 RetryDecision::RetryAfter(delay) => {
@@ -567,7 +781,7 @@ impl<S: Store, P: Publisher> Relay<S, P> {
                 }
             }
         }
-        (completion, fates)
+        (completion, fates, outage)
     }
 
     /// Records a completion, retrying a few times on retryable store errors: if it cannot be
@@ -642,6 +856,46 @@ struct Published {
     fates: Vec<Fate>,
     claim_took: Duration,
     publish_took: Duration,
+    /// Set when the publish hit an outage: how long to pause before publishing again.
+    pause: Option<Duration>,
+}
+
+/// The error of an entry whose publish panicked.
+fn panicked(message: &str) -> Error {
+    Error::new(
+        ErrorKind::Unexpected,
+        format!(
+            "the publisher panicked publishing this entry on its own ({message}); this counts a failed attempt: fix the publisher, or the entry if it is malformed"
+        ),
+    )
+    .with_retryable(true)
+}
+
+/// Runs `make` and polls the future it makes; a panic in either becomes `Err` with the panic's
+/// message instead of unwinding through the relay.
+///
+/// `AssertUnwindSafe`: after a panic the future is dropped and never polled again, and the
+/// relay's own state is not touched inside it; a publisher's state is its own to keep
+/// consistent (or to rebuild, as broker publishers do with a connection after a failure).
+async fn catch_panic<F: Future>(make: impl FnOnce() -> F) -> std::result::Result<F::Output, String> {
+    let future = catch_unwind(AssertUnwindSafe(make)).map_err(panic_message)?;
+    let mut future = pin!(future);
+    poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+        Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+        Ok(Poll::Pending) => Poll::Pending,
+        Err(payload) => Poll::Ready(Err(panic_message(payload))),
+    })
+    .await
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(message) => (*message).to_string(),
+            Err(_) => "a panic without a message".to_string(),
+        },
+    }
 }
 
 /// What became of one entry of a batch.
