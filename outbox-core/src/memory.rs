@@ -434,9 +434,11 @@ type Script = dyn Fn(&Entry) -> Option<Error> + Send + Sync;
 ///
 /// ```
 /// use outbox_core::{Error, ErrorKind, ScriptedPublisher};
-/// // Every entry of aggregate "o-2" fails with a retryable error; the rest go through.
+/// // Every entry of aggregate "o-2" fails with a retryable error of its own (an attempt counts);
+/// // the rest go through. An error of an outage kind (`Unavailable`, `Throttled`) would instead
+/// // release the entry without an attempt and pause the relay.
 /// let publisher = ScriptedPublisher::new(|e| {
-///     (e.aggregate_id == "o-2").then(|| Error::new(ErrorKind::Unavailable, "scripted outage"))
+///     (e.aggregate_id == "o-2").then(|| Error::new(ErrorKind::Timeout, "scripted: no ack"))
 /// });
 /// ```
 #[derive(Clone)]

@@ -154,7 +154,9 @@ impl RelayConfig {
         let setting = publisher.delivery_timeout_setting();
         let problem = match publisher.delivery_timeout() {
             Some(timeout) if timeout < self.publish_timeout => return Ok(()),
-            Some(timeout) => format!("{setting} ({timeout:?}) is not shorter than publish_timeout ({:?})", self.publish_timeout),
+            Some(timeout) => {
+                format!("{setting} ({timeout:?}) is not shorter than publish_timeout ({:?})", self.publish_timeout)
+            }
             None => format!("{setting} is unbounded, so not shorter than publish_timeout ({:?})", self.publish_timeout),
         };
         Err(Error::new(

@@ -75,10 +75,18 @@ pub struct ExponentialBackoff<R = SplitMix64> {
 }
 
 impl Default for ExponentialBackoff {
-    /// 100 ms base, doubling, at most 5 minutes apart, 10 attempts (about 17 minutes in all at worst).
+    /// 1 s base, doubling, at most 5 minutes apart, 10 attempts.
+    ///
+    /// The policy sees only failures of the entry itself: an outage of the broker (unreachable,
+    /// connection lost, throttling, a whole batch failing or timing out) counts no attempt (see
+    /// [`Error::is_outage`]). An entry that fails retryably on every attempt goes dead after
+    /// its 10th failure; the 9 waits before are drawn up to 1, 2, 4, … 256 s, so it is dead
+    /// within 511 s (about 8.5 minutes) of its first failure, about 4 minutes on average, plus
+    /// the time the 10 publishes take. Long enough for a topic created shortly after start-up or
+    /// a partition that moves; a poison entry does not hold its aggregate for long.
     fn default() -> Self {
         ExponentialBackoff {
-            base_delay: Duration::from_millis(100),
+            base_delay: Duration::from_secs(1),
             factor: 2,
             max_delay: Duration::from_secs(300),
             max_attempts: 10,
@@ -166,6 +174,18 @@ mod tests {
             RetryDecision::RetryAfter(d) => assert!(d <= Duration::from_secs(1)),
             RetryDecision::GiveUp => panic!("attempt 9 of 10 retries"),
         }
+    }
+
+    #[test]
+    fn the_default_gives_up_within_the_documented_time() {
+        let p = ExponentialBackoff::default().with_random(Fixed(u64::MAX - 1));
+        let mut worst = Duration::ZERO;
+        for attempt in 1..p.max_attempts {
+            worst += p.ceiling(attempt);
+            assert!(matches!(p.decide(attempt, &retryable()), RetryDecision::RetryAfter(_)), "attempt {attempt}");
+        }
+        assert_eq!(p.decide(p.max_attempts, &retryable()), RetryDecision::GiveUp);
+        assert_eq!((p.max_attempts, worst), (10, Duration::from_secs(511)), "as the Default docs say");
     }
 
     #[test]

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outbox_core::{
-    ClaimRequest, CollectingPublisher, Completion, DynPublisher, DynStore, Entry, Error, ErrorKind, ExponentialBackoff,
-    Maintenance, MemoryStore, NewEntry, Outcome, Publisher, Relay, RelayConfig, RelayEvent, Result, ScriptedPublisher,
-    Status, Store, Timestamp,
+    ClaimRequest, CollectingPublisher, Completion, DeliveryTimeout, DynPublisher, DynStore, Entry, Error, ErrorKind,
+    ExponentialBackoff, Maintenance, MemoryStore, NewEntry, Outcome, Publisher, Relay, RelayConfig, RelayEvent, Result,
+    ScriptedPublisher, Status, Store, Timestamp,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -111,15 +111,37 @@ impl Publisher for Hanging {
 }
 
 #[tokio::test]
-async fn a_publish_that_times_out_is_a_retryable_failure() {
+async fn a_publish_that_times_out_is_an_outage_and_its_text_states_kind_and_verdict_once() {
     let store = MemoryStore::new();
     store.enqueue((0..2).map(|n| entry(&format!("o-{n}"), 0))).unwrap();
-    let config = RelayConfig { publish_timeout: Duration::from_millis(30), ..RelayConfig::default() };
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let observer = {
+        let seen = seen.clone();
+        move |event: &RelayEvent<'_>| {
+            if let RelayEvent::OutageStarted { error, .. } = event {
+                seen.lock().unwrap().push(error.to_string());
+            }
+        }
+    };
+    let config = RelayConfig {
+        publish_timeout: Duration::from_millis(30),
+        observer: Arc::new(observer),
+        ..RelayConfig::default()
+    };
     let relay = Relay::new(store.clone(), Hanging, config).unwrap();
     let report = relay.run_once().await.unwrap();
-    assert_eq!((report.claimed, report.retried, report.published), (2, 2, 0));
+    assert_eq!((report.claimed, report.released, report.retried, report.dead), (2, 2, 0, 0));
     let stats = store.stats(Timestamp::now()).await.unwrap();
-    assert_eq!(stats.failed, 2);
+    assert_eq!((stats.pending, stats.failed), (2, 0), "{stats:?}");
+    for id in store_ids(&store).await {
+        let e = store.entry(id).await.unwrap().unwrap();
+        assert_eq!((e.attempts, e.last_error), (0, None), "an outage charges no attempt");
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["publishing a batch of 2 took longer than the publish timeout of 30ms (timeout, retryable)"],
+        "the kind and verdict are stated once"
+    );
 }
 
 /// Returns one outcome too few.
@@ -140,7 +162,13 @@ async fn a_publisher_that_miscounts_outcomes_publishes_nothing() {
     let report = relay.run_once().await.unwrap();
     assert_eq!((report.published, report.retried), (0, 3));
     let e = store.entry(store_ids(&store).await[0]).await.unwrap().unwrap();
-    assert!(e.last_error.unwrap().contains("2 outcomes for a batch of 3"));
+    assert_eq!(
+        e.last_error.as_deref(),
+        Some(
+            "the publisher returned 2 outcomes for a batch of 3; it must return one per entry (unexpected, retryable)"
+        ),
+        "the kind and verdict are stated once"
+    );
 }
 
 async fn store_ids(store: &MemoryStore) -> Vec<outbox_core::EntryId> {
@@ -182,7 +210,7 @@ async fn the_observer_sees_what_happens() {
     let store = MemoryStore::new();
     store.enqueue([entry("ok", 0), entry("ok", 1), entry("retry", 0), entry("dead", 0)]).unwrap();
     let publisher = ScriptedPublisher::new(|e| match e.aggregate_id.as_str() {
-        "retry" => Some(Error::new(ErrorKind::Unavailable, "down")),
+        "retry" => Some(Error::new(ErrorKind::Timeout, "no ack")),
         "dead" => Some(Error::new(ErrorKind::TooLarge, "too big")),
         _ => None,
     });
@@ -205,6 +233,12 @@ fn inconsistent_config_is_rejected_up_front() {
         RelayConfig {
             publish_timeout: Duration::from_secs(30),
             lease_duration: Duration::from_secs(30),
+            ..RelayConfig::default()
+        },
+        RelayConfig { outage_backoff: Duration::ZERO, ..RelayConfig::default() },
+        RelayConfig {
+            outage_backoff: Duration::from_secs(2),
+            max_outage_backoff: Duration::from_secs(1),
             ..RelayConfig::default()
         },
     ];
@@ -511,4 +545,304 @@ async fn retries_follow_the_policy_schedule_exactly_then_go_dead() {
     let e = store.entry(id).await.unwrap().unwrap();
     assert_eq!((e.status, e.attempts), (Status::Dead, 3));
     assert_eq!(publisher.attempts().len(), 3);
+}
+
+#[test]
+fn a_publish_timeout_not_shorter_than_the_lease_is_refused_naming_both() {
+    let config = RelayConfig {
+        publish_timeout: Duration::from_secs(30),
+        lease_duration: Duration::from_millis(29_500),
+        ..RelayConfig::default()
+    };
+    let err = Relay::new(MemoryStore::new(), CollectingPublisher::new(), config).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert_eq!(
+        err.to_string(),
+        "invalid relay config: publish_timeout (30s) is not shorter than lease_duration (29.5s): another relay could claim a batch still being published; lower publish_timeout or raise lease_duration (config, permanent)"
+    );
+}
+
+/// A publisher with a delivery timeout of its own.
+struct Bounded(Option<Duration>);
+
+impl Publisher for Bounded {
+    async fn publish(&self, batch: &[Entry]) -> Result<Vec<Outcome>> {
+        Ok(batch.iter().map(|_| Outcome::Published).collect())
+    }
+}
+
+impl DeliveryTimeout for Bounded {
+    fn delivery_timeout(&self) -> Option<Duration> {
+        self.0
+    }
+    fn delivery_timeout_setting(&self) -> &str {
+        "Kafka `message.timeout.ms`"
+    }
+}
+
+#[test]
+fn a_publisher_delivery_timeout_not_shorter_than_the_publish_timeout_is_refused_naming_both() {
+    let config = || RelayConfig { publish_timeout: Duration::from_secs(10), ..RelayConfig::default() };
+    let err = Relay::new_checked(MemoryStore::new(), Bounded(Some(Duration::from_secs(10))), config()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert_eq!(
+        err.to_string(),
+        "invalid relay config: Kafka `message.timeout.ms` (10s) is not shorter than publish_timeout (10s): the relay would give up on batches the publisher may still deliver; lower Kafka `message.timeout.ms` below publish_timeout, or raise publish_timeout (and lease_duration above it) (config, permanent)"
+    );
+    let err = Relay::new_checked(MemoryStore::new(), Arc::new(Bounded(None)), config()).unwrap_err();
+    assert!(err.to_string().contains("Kafka `message.timeout.ms` is unbounded"), "{err}");
+    assert!(Relay::new_checked(MemoryStore::new(), Bounded(Some(Duration::from_millis(9_999))), config()).is_ok());
+    // The relay's own config is checked first.
+    let bad = RelayConfig { batch_size: 0, ..config() };
+    let err = Relay::new_checked(MemoryStore::new(), Bounded(Some(Duration::from_secs(1))), bad).unwrap_err();
+    assert!(err.to_string().contains("batch_size"), "{err}");
+}
+
+/// Counts what the relay reports about outages and panics.
+#[derive(Default)]
+struct OutageLog {
+    started: Mutex<Vec<(String, Duration)>>,
+    ended: Mutex<Vec<u32>>,
+    panics: Mutex<Vec<String>>,
+    dead: AtomicUsize,
+}
+
+impl OutageLog {
+    fn observer(self: &Arc<Self>) -> Arc<dyn outbox_core::Observer> {
+        let log = self.clone();
+        Arc::new(move |event: &RelayEvent<'_>| match event {
+            RelayEvent::OutageStarted { error, backoff } => {
+                log.started.lock().unwrap().push((error.to_string(), *backoff))
+            }
+            RelayEvent::OutageEnded { failed_publishes, .. } => log.ended.lock().unwrap().push(*failed_publishes),
+            RelayEvent::PublisherPanicked { message, .. } => log.panics.lock().unwrap().push(message.to_string()),
+            RelayEvent::DeadLettered { .. } => {
+                log.dead.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        })
+    }
+}
+
+/// A broker that is down for its first `down` publishes (whole-batch `Err` for odd calls,
+/// per-entry `Unavailable` outcomes for even ones), then for calls in `down_again`.
+#[derive(Clone, Default)]
+struct Flapping {
+    calls: Arc<AtomicUsize>,
+    down: usize,
+    down_again: Vec<usize>,
+    up: CollectingPublisher,
+}
+
+impl Publisher for Flapping {
+    async fn publish(&self, batch: &[Entry]) -> Result<Vec<Outcome>> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if call <= self.down || self.down_again.contains(&call) {
+            let error = Error::new(ErrorKind::Unavailable, format!("scripted: connection refused (call {call})"));
+            if call % 2 == 1 {
+                return Err(error);
+            }
+            return Ok(batch.iter().map(|_| Outcome::Failed(error.clone())).collect());
+        }
+        self.up.publish(batch).await
+    }
+}
+
+#[tokio::test]
+async fn outages_charge_no_attempt_and_never_dead_letter() {
+    use outbox_core::{Clock, ManualClock};
+    let store = MemoryStore::new();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let batch: Vec<NewEntry> = (0..3).map(|a| entry(&format!("o-{a}"), n)).collect();
+        ids.extend(batch.iter().map(NewEntry::id));
+        store.enqueue(batch).unwrap();
+    }
+    let log = Arc::new(OutageLog::default());
+    let publisher = Flapping { down: 20, ..Flapping::default() };
+    let clock = Arc::new(ManualClock::new(Timestamp::now()));
+    let config = RelayConfig {
+        clock: clock.clone(),
+        // One counted attempt would be dead at once.
+        retry: Arc::new(ExponentialBackoff::new(Duration::from_secs(1), 2, Duration::from_secs(1), 1)),
+        observer: log.observer(),
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(store.clone(), publisher.clone(), config).unwrap();
+    for _ in 0..20 {
+        let report = relay.run_once().await.unwrap();
+        assert_eq!((report.claimed, report.released, report.dead, report.retried), (9, 9, 0, 0), "{report:?}");
+        clock.advance(Duration::from_secs(60));
+    }
+    let stats = store.stats(clock.now()).await.unwrap();
+    assert_eq!((stats.pending, stats.failed, stats.dead), (9, 0, 0), "{stats:?}");
+    for id in &ids {
+        let e = store.entry(*id).await.unwrap().unwrap();
+        assert_eq!((e.attempts, e.last_error.as_deref()), (0, None), "{e:?}");
+    }
+    assert_eq!(relay.run_once().await.unwrap().published, 9, "the broker answers again");
+    assert_eq!(relay.run_once().await.unwrap().claimed, 0);
+    let started = log.started.lock().unwrap().clone();
+    assert_eq!(
+        started,
+        [("scripted: connection refused (call 1) (unavailable, retryable)".to_string(), Duration::from_millis(250))],
+        "observed once per outage"
+    );
+    assert_eq!(*log.ended.lock().unwrap(), [20]);
+    assert_eq!(log.dead.load(Ordering::SeqCst), 0);
+    let published: Vec<String> = publisher.up.published().iter().map(payload).collect();
+    for a in 0..3 {
+        let mine: Vec<&String> = published.iter().filter(|p| p.starts_with(&format!("o-{a}/"))).collect();
+        assert_eq!(mine, [&format!("o-{a}/0"), &format!("o-{a}/1"), &format!("o-{a}/2")], "in order");
+    }
+}
+
+#[tokio::test]
+async fn an_outage_entry_outcome_releases_its_aggregate_and_the_rest_of_the_batch_counts() {
+    let store = MemoryStore::new();
+    store.enqueue([entry("down", 0), entry("down", 1), entry("ok", 0), entry("bad", 0)]).unwrap();
+    let publisher = ScriptedPublisher::new(|e| match (e.aggregate_id.as_str(), payload(e).as_str()) {
+        ("down", "down/0") => Some(Error::new(ErrorKind::Throttled, "scripted: slow down")),
+        ("bad", _) => Some(Error::new(ErrorKind::Rejected, "scripted: no route")),
+        _ => None,
+    });
+    let relay = Relay::new(store.clone(), publisher.clone(), RelayConfig::default()).unwrap();
+    let report = relay.run_once().await.unwrap();
+    // down/1 was accepted by the broker, but must not be recorded ahead of down/0.
+    assert_eq!((report.published, report.released, report.dead, report.retried), (1, 2, 1, 0), "{report:?}");
+}
+
+/// Records every sleep the relay asks for, and sleeps 1 ms instead.
+#[derive(Debug, Default)]
+struct RecordingTimer(Mutex<Vec<Duration>>);
+
+impl outbox_core::Timer for RecordingTimer {
+    fn sleep(&self, duration: Duration) -> outbox_core::BoxFuture<'static, ()> {
+        self.0.lock().unwrap().push(duration);
+        Box::pin(tokio::time::sleep(Duration::from_millis(1)))
+    }
+}
+
+#[tokio::test]
+async fn the_outage_backoff_doubles_up_to_its_bound_and_resets_once_the_broker_answers() {
+    let store = MemoryStore::new();
+    store.enqueue((0..5).map(|a| entry(&format!("o-{a}"), 0))).unwrap();
+    let log = Arc::new(OutageLog::default());
+    // Calls 1-6 fail, 7 publishes, 8-9 fail, then the broker stays up.
+    let publisher = Flapping { down: 6, down_again: vec![8, 9], ..Flapping::default() };
+    let timer = Arc::new(RecordingTimer::default());
+    let config = RelayConfig {
+        batch_size: 1,
+        publish_timeout: Duration::from_secs(7),
+        outage_backoff: Duration::from_millis(100),
+        max_outage_backoff: Duration::from_millis(400),
+        timer: Some(timer.clone()),
+        observer: log.observer(),
+        ..quiet_config()
+    };
+    let relay = Arc::new(Relay::new(store.clone(), publisher.clone(), config).unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.run(async { stopped.await.unwrap_or(()) }).await }
+    });
+    eventually("all 5 entries are published", || publisher.up.len() >= 5).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let pauses: Vec<u128> = timer
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| **d < Duration::from_secs(1)) // not the publish timeout nor the 60 s poll
+        .map(Duration::as_millis)
+        .collect();
+    assert_eq!(pauses, [100, 200, 400, 400, 400, 400, 100, 200], "doubling, bounded, reset after call 7");
+    assert_eq!(log.started.lock().unwrap().len(), 2, "two outages");
+    assert_eq!(*log.ended.lock().unwrap(), [6, 2]);
+    assert_eq!(publisher.calls.load(Ordering::SeqCst), 13, "5 publishes and 8 failed probes");
+    let stats = store.stats(Timestamp::now()).await.unwrap();
+    assert_eq!((stats.published, stats.dead, stats.failed), (5, 0, 0), "{stats:?}");
+}
+
+/// Panics (inside its future) whenever the batch holds the entry `p/0`.
+#[derive(Clone, Default)]
+struct Panicky(CollectingPublisher);
+
+impl Publisher for Panicky {
+    async fn publish(&self, batch: &[Entry]) -> Result<Vec<Outcome>> {
+        tokio::task::yield_now().await;
+        if let Some(poison) = batch.iter().find(|e| payload(e) == "p/0") {
+            panic!("cannot encode entry {}", poison.id);
+        }
+        self.0.publish(batch).await
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_publisher_is_caught_and_only_the_poison_entry_goes_dead() {
+    let store = MemoryStore::new();
+    let poison = entry("p", 0);
+    let poison_id = poison.id();
+    store.enqueue([poison, entry("p", 1)]).unwrap();
+    for n in 0..3 {
+        store.enqueue((0..4).map(|a| entry(&format!("o-{a}"), n))).unwrap();
+    }
+    let log = Arc::new(OutageLog::default());
+    let publisher = Panicky::default();
+    let config = RelayConfig {
+        batch_size: 8,
+        max_per_aggregate: 2,
+        poll_interval: Duration::from_millis(5),
+        max_poll_interval: Duration::from_millis(20),
+        retry: Arc::new(ExponentialBackoff::new(Duration::from_millis(5), 2, Duration::from_millis(20), 3)),
+        observer: log.observer(),
+        ..RelayConfig::default()
+    };
+    let relay = Arc::new(Relay::new(store.clone(), publisher.clone(), config).unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let relay = relay.clone();
+        async move { relay.run(async { stopped.await.unwrap_or(()) }).await }
+    });
+    eventually("the other aggregates are published", || publisher.0.len() >= 12).await;
+    eventually("the poison entry is dead", || log.dead.load(Ordering::SeqCst) == 1).await;
+    assert!(!running.is_finished(), "the relay keeps running");
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let e = store.entry(poison_id).await.unwrap().unwrap();
+    assert_eq!((e.status, e.attempts), (Status::Dead, 3), "{e:?}");
+    assert_eq!(
+        e.last_error.as_deref(),
+        Some(
+            format!(
+                "the publisher panicked publishing this entry on its own (cannot encode entry {poison_id}); this counts a failed attempt: fix the publisher, or the entry if it is malformed (unexpected, retryable)"
+            )
+            .as_str()
+        )
+    );
+    let stats = store.stats(Timestamp::now()).await.unwrap();
+    assert_eq!((stats.published, stats.dead, stats.pending), (12, 1, 1), "p/1 waits behind the dead p/0: {stats:?}");
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for e in publisher.0.published() {
+        let n: usize = payload(&e).rsplit('/').next().unwrap().parse().unwrap();
+        if let Some(prev) = last.insert(e.aggregate_id.clone(), n) {
+            assert!(prev < n, "{} out of order: {n} after {prev}", e.aggregate_id);
+        }
+    }
+    assert!(!log.panics.lock().unwrap().is_empty(), "the observer heard of the panics");
+    for id in store_ids(&store).await {
+        let e = store.entry(id).await.unwrap().unwrap();
+        assert_eq!(e.attempts, 0, "only the poison entry counts attempts: {e:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_publisher_that_panics_before_its_future_counts_an_attempt_of_a_lone_entry() {
+    let store = MemoryStore::new();
+    store.enqueue([entry("p", 0)]).unwrap();
+    let publisher = ScriptedPublisher::new(|_| panic!("boom"));
+    let relay = Relay::new(store.clone(), publisher, RelayConfig::default()).unwrap();
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.retried, report.released), (1, 0));
 }

@@ -244,7 +244,7 @@ pub async fn failing_aggregate_holds_back_only_itself<H: Harness>(h: &H) -> Chec
         h.write(entries, true).await?;
     }
     let publisher = ScriptedPublisher::new(|e| {
-        (payload(e) == "b/1").then(|| Error::new(ErrorKind::Unavailable, "scripted: broker unreachable for b/1"))
+        (payload(e) == "b/1").then(|| Error::new(ErrorKind::Timeout, "scripted: no ack for b/1"))
     });
     let c = RelayConfig { batch_size: 4, max_per_aggregate: 2, ..config(None) };
     drain(&relay(h.store(), publisher.clone(), c)?, 50).await?;
@@ -318,7 +318,7 @@ pub async fn retries_until_dead_then_requeue<H: Harness>(h: &H) -> CheckResult {
     let flag = healed.clone();
     let publisher = ScriptedPublisher::new(move |e| {
         (payload(e) == "retry/0" && !flag.load(Ordering::SeqCst))
-            .then(|| Error::new(ErrorKind::Unavailable, "scripted: broker down"))
+            .then(|| Error::new(ErrorKind::Timeout, "scripted: no ack for retry/0"))
     });
     let clock = Arc::new(ManualClock::new(Timestamp::now()));
     let c = RelayConfig {
@@ -333,7 +333,7 @@ pub async fn retries_until_dead_then_requeue<H: Harness>(h: &H) -> CheckResult {
     let store = h.store();
     let dead = status_of(&store, ids[0]).await?;
     ensure!(dead.status == Status::Dead && dead.attempts == 3, "after 3 failed attempts the entry is dead: {dead:?}");
-    ensure!(dead.last_error.as_deref().is_some_and(|m| m.contains("broker down")), "dead entry keeps its error");
+    ensure!(dead.last_error.as_deref().is_some_and(|m| m.contains("no ack for retry/0")), "dead entry keeps its error");
     let blocked = status_of(&store, ids[1]).await?;
     ensure!(
         blocked.status == Status::Pending && blocked.attempts == 0,
@@ -519,7 +519,7 @@ pub async fn stats_count_each_status_and_the_oldest_age<H: Harness>(h: &H) -> Ch
     )
     .await?;
     let publisher = ScriptedPublisher::new(|e| match e.aggregate_id.as_str() {
-        "stats-retry" => Some(Error::new(ErrorKind::Unavailable, "scripted: retry me")),
+        "stats-retry" => Some(Error::new(ErrorKind::Timeout, "scripted: retry me")),
         "stats-dead" => Some(Error::new(ErrorKind::Rejected, "scripted: reject me")),
         _ => None,
     });
