@@ -1,16 +1,24 @@
 //! How librdkafka's errors map to outbox [`Error`]s: kind and retryable verdict.
 //!
+//! Kinds `Unavailable` and `Throttled`, and the timeouts marked so, are **outages**
+//! ([`Error::is_outage`]): they say nothing about the entry, so the relay releases it without
+//! counting an attempt and pauses until the broker answers. The rest count attempts.
+//!
 //! | librdkafka / broker error | kind | verdict |
 //! |---|---|---|
 //! | `MSG_SIZE_TOO_LARGE` (local `message.max.bytes` or broker), `INVALID_MSG_SIZE`, `MESSAGE_BATCH_TOO_LARGE` | `TooLarge` | permanent |
 //! | `INVALID_TOPIC_EXCEPTION`, `TOPIC_AUTHORIZATION_FAILED`, `CLUSTER_AUTHORIZATION_FAILED`, `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`, `INVALID_RECORD`, `INVALID_TIMESTAMP`, `POLICY_VIOLATION`, `UNSUPPORTED_FOR_MESSAGE_FORMAT`, `UNSUPPORTED_COMPRESSION_TYPE`, `INVALID_REQUIRED_ACKS`, local `_INVALID_ARG`, `_KEY_SERIALIZATION`, `_VALUE_SERIALIZATION`, `_UNSUPPORTED_FEATURE` | `Rejected` | permanent |
 //! | `UNKNOWN_TOPIC_OR_PART`, local `_UNKNOWN_TOPIC`, `_UNKNOWN_PARTITION`, `UNKNOWN_TOPIC_ID` | `Rejected` | retryable (see below) |
-//! | `_MSG_TIMED_OUT`, `REQUEST_TIMED_OUT`, `_TIMED_OUT`, `_TIMED_OUT_QUEUE` | `Timeout` | retryable |
-//! | `_QUEUE_FULL`, `THROTTLING_QUOTA_EXCEEDED` | `Throttled` | retryable |
-//! | `_TRANSPORT`, `_ALL_BROKERS_DOWN`, `_RESOLVE`, `BROKER_NOT_AVAILABLE`, `LEADER_NOT_AVAILABLE`, `NOT_LEADER_FOR_PARTITION`, `REPLICA_NOT_AVAILABLE`, `NETWORK_EXCEPTION`, `NOT_ENOUGH_REPLICAS`, `NOT_ENOUGH_REPLICAS_AFTER_APPEND`, `_ISR_INSUFF`, `KAFKA_STORAGE_ERROR`, `_SSL`, `_AUTHENTICATION`, `SASL_AUTHENTICATION_FAILED`, `_DESTROY` | `Unavailable` | retryable |
+//! | `_MSG_TIMED_OUT`, `REQUEST_TIMED_OUT`, `_TIMED_OUT`, `_TIMED_OUT_QUEUE` | `Timeout` | retryable, outage |
+//! | `_QUEUE_FULL`, `THROTTLING_QUOTA_EXCEEDED` | `Throttled` | retryable, outage |
+//! | `_TRANSPORT`, `_ALL_BROKERS_DOWN`, `_RESOLVE`, `BROKER_NOT_AVAILABLE`, `LEADER_NOT_AVAILABLE`, `NOT_LEADER_FOR_PARTITION`, `REPLICA_NOT_AVAILABLE`, `NETWORK_EXCEPTION`, `NOT_ENOUGH_REPLICAS`, `NOT_ENOUGH_REPLICAS_AFTER_APPEND`, `_ISR_INSUFF`, `KAFKA_STORAGE_ERROR`, `_SSL`, `_AUTHENTICATION`, `SASL_AUTHENTICATION_FAILED`, `_DESTROY` | `Unavailable` | retryable, outage |
 //! | `_FATAL` and the error that caused it (e.g. `OUT_OF_ORDER_SEQUENCE_NUMBER`: the idempotent producer cannot go on; the publisher makes a new one), `INVALID_PRODUCER_EPOCH`, `PRODUCER_FENCED` (librdkafka bumps the epoch), `_PURGE_*`, `_INVALID_DIFFERENT_RECORD`, anything else | `Unexpected` | retryable |
 //!
 //! Decisions where Kafka leaves room:
+//! - **A message timeout is an outage.** librdkafka fails a message with `_MSG_TIMED_OUT` when
+//!   no broker took it within `message.timeout.ms`: the broker or the partition leader was
+//!   unreachable, which is not the entry's fault. One unavailable partition therefore pauses the
+//!   relay as a whole until it answers.
 //! - **A missing topic is retryable.** Without auto-creation, producing to a topic that does
 //!   not exist fails with `UNKNOWN_TOPIC_OR_PART` after `topic.metadata.propagation.max.ms`
 //!   (30 s by default). Kafka calls this error retriable: a new topic takes a moment to reach
@@ -71,6 +79,12 @@ pub(crate) fn verdict(code: C) -> (ErrorKind, bool) {
     }
 }
 
+/// Whether a timeout code means the broker did not answer (an outage) rather than anything about
+/// the message.
+fn timed_out(code: C) -> bool {
+    matches!(code, C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue)
+}
+
 /// What to do about an error, added to its message.
 fn advice(code: C, topic: &str) -> String {
     match code {
@@ -105,6 +119,7 @@ pub(crate) fn delivery_error(error: &KafkaError, topic: &str, code: Option<C>) -
     Error::new(kind, format!("publishing to Kafka topic `{topic}` failed ({code:?}): {}", advice(code, topic)))
         .with_source(error.clone())
         .with_retryable(retryable)
+        .with_outage(kind.default_outage() || timed_out(code))
 }
 
 #[cfg(test)]
@@ -138,6 +153,29 @@ mod tests {
         ];
         for (code, kind, retryable) in cases {
             assert_eq!(verdict(*code), (*kind, *retryable), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn broker_side_failures_are_outages_and_entry_failures_are_not() {
+        let outage = |code| delivery_error(&KafkaError::MessageProduction(code), "orders", None).is_outage();
+        for code in [
+            C::MessageTimedOut,
+            C::RequestTimedOut,
+            C::TimedOutQueue,
+            C::QueueFull,
+            C::ThrottlingQuotaExceeded,
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::LeaderNotAvailable,
+            C::NotEnoughReplicas,
+            C::Authentication,
+        ] {
+            assert!(outage(code), "{code:?}");
+        }
+        for code in [C::MessageSizeTooLarge, C::InvalidRecord, C::UnknownTopicOrPartition, C::Fatal, C::PolicyViolation]
+        {
+            assert!(!outage(code), "{code:?}");
         }
     }
 

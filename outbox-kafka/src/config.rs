@@ -29,6 +29,9 @@ pub const DEFAULT_OPTIONS: &[(&str, &str)] = &[
     ("message.timeout.ms", "8000"),
 ];
 
+/// librdkafka's delivery timeout option; `delivery.timeout.ms` is its alias.
+pub(crate) const MESSAGE_TIMEOUT: &str = "message.timeout.ms";
+
 /// A user function computing an entry's message key (see [`Key::Custom`]).
 pub type KeyFn = dyn Fn(&Entry) -> Vec<u8> + Send + Sync;
 
@@ -142,9 +145,12 @@ impl KafkaConfig {
     }
 
     /// Sets a librdkafka option, replacing an earlier value (including a default).
-    /// librdkafka checks names and values when the publisher is built.
+    /// librdkafka checks names and values when the publisher is built. `delivery.timeout.ms` is
+    /// stored as `message.timeout.ms`, the option it is an alias of, so it replaces the default.
     pub fn set(mut self, option: impl Into<String>, value: impl Into<String>) -> Self {
-        self.options.insert(option.into(), value.into());
+        let option = option.into();
+        let option = if option == "delivery.timeout.ms" { MESSAGE_TIMEOUT.to_string() } else { option };
+        self.options.insert(option, value.into());
         self
     }
 

@@ -32,7 +32,8 @@
 //! let publisher = KafkaPublisher::new(config)?;
 //!
 //! let store = MemoryStore::new(); // in production: an SQL store from outbox-sqlx & co.
-//! let relay = Relay::new(store, publisher.clone(), RelayConfig::default())?;
+//! // new_checked: refuses a relay whose publish_timeout is not above `message.timeout.ms`.
+//! let relay = Relay::new_checked(store, publisher.clone(), RelayConfig::default())?;
 //! relay.run_once().await?;
 //! publisher.flush(std::time::Duration::from_secs(5))?;
 //! # Ok(()) }
@@ -49,11 +50,16 @@
 //! | a routed topic name that breaks Kafka's rules (checked before sending) | `Rejected` | permanent |
 //! | `INVALID_TOPIC_EXCEPTION`, `TOPIC_AUTHORIZATION_FAILED`, `CLUSTER_AUTHORIZATION_FAILED`, `INVALID_RECORD`, `INVALID_TIMESTAMP`, `POLICY_VIOLATION`, `UNSUPPORTED_COMPRESSION_TYPE`, local invalid argument | `Rejected` | permanent |
 //! | missing topic (`UNKNOWN_TOPIC_OR_PART`, local `_UNKNOWN_TOPIC`) | `Rejected` | retryable, bounded by the relay's retry policy |
-//! | `_MSG_TIMED_OUT`, `REQUEST_TIMED_OUT`, `_TIMED_OUT_QUEUE` | `Timeout` | retryable |
-//! | `_QUEUE_FULL` (after waiting up to [`QUEUE_FULL_WAIT`] for room), `THROTTLING_QUOTA_EXCEEDED` | `Throttled` | retryable |
-//! | transport, all brokers down, resolve, broker / leader / replica not available, not leader, network exception, not enough replicas, storage error, TLS, authentication | `Unavailable` | retryable |
+//! | `_MSG_TIMED_OUT`, `REQUEST_TIMED_OUT`, `_TIMED_OUT_QUEUE` | `Timeout` | retryable, outage |
+//! | `_QUEUE_FULL` (after waiting up to [`QUEUE_FULL_WAIT`] for room), `THROTTLING_QUOTA_EXCEEDED` | `Throttled` | retryable, outage |
+//! | transport, all brokers down, resolve, broker / leader / replica not available, not leader, network exception, not enough replicas, storage error, TLS, authentication | `Unavailable` | retryable, outage |
 //! | an earlier entry of the same aggregate in the batch could not be sent | `Conflict` | retryable |
 //! | `_FATAL` and the error behind it, e.g. `OUT_OF_ORDER_SEQUENCE_NUMBER` (the idempotent producer stops; a new one is made for the next batch), `INVALID_PRODUCER_EPOCH`, `PRODUCER_FENCED`, anything else | `Unexpected` | retryable |
+//!
+//! An **outage** ([`Error::is_outage`](outbox_core::Error::is_outage)) says nothing about the
+//! entry: the relay releases it without counting an attempt and pauses with a bounded back-off
+//! until the broker answers, so a Kafka outage never dead-letters entries. The other failures
+//! count attempts.
 //!
 //! When librdkafka's queue is full, a send waits for the batch's oldest delivery report (or
 //! sleeps briefly when another batch filled the queue) and tries again, for up to
@@ -74,7 +80,11 @@
 //! - The message timestamp is left to the producer (the send time), not the entry's
 //!   `created_at`: an old entry would otherwise fall out of a time-based retention at once.
 //! - `message.timeout.ms=8000` (librdkafka: 300 s): below the relay's default 10 s publish
-//!   timeout, so a batch's outcomes are known before the relay gives up on it.
+//!   timeout, so a batch's outcomes are known before the relay gives up on it. The publisher
+//!   implements [`DeliveryTimeout`](outbox_core::DeliveryTimeout):
+//!   [`Relay::new_checked`](outbox_core::Relay::new_checked) refuses a relay whose
+//!   `publish_timeout` is not longer, naming both values. The producer connects lazily, so a
+//!   relay started while Kafka is down waits for it (an outage) instead of failing.
 //! - `partitioner=murmur2_random`, like the Java client, so other producers of the same keys
 //!   pick the same partitions.
 //! - Delivery is at least once: a publish the relay abandons (its timeout) may still reach the

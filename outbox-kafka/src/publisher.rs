@@ -6,13 +6,13 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use outbox_core::{Entry, Error, ErrorKind, Outcome, Publisher, Result};
+use outbox_core::{DeliveryTimeout, Entry, Error, ErrorKind, Outcome, Publisher, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::classify::delivery_error;
-use crate::config::{ConfigError, KafkaConfig, Key, describe_client_error};
+use crate::config::{ConfigError, KafkaConfig, Key, MESSAGE_TIMEOUT, describe_client_error};
 use crate::headers;
 
 /// How long one send may wait for room in librdkafka's queue before it fails (retryable).
@@ -244,6 +244,25 @@ impl Publisher for KafkaPublisher {
     }
 }
 
+/// `message.timeout.ms` (8 s by default, see [`DEFAULT_OPTIONS`](crate::DEFAULT_OPTIONS)): build
+/// the relay with [`Relay::new_checked`](outbox_core::Relay::new_checked) to refuse a relay
+/// whose `publish_timeout` is not longer.
+impl DeliveryTimeout for KafkaPublisher {
+    fn delivery_timeout(&self) -> Option<Duration> {
+        // librdkafka checked the value when the producer was made; 0 means no limit, and an
+        // unset option is librdkafka's default of 300 s.
+        match self.inner.config.get(MESSAGE_TIMEOUT).map(str::parse::<u64>) {
+            Some(Ok(0)) => None,
+            Some(Ok(ms)) => Some(Duration::from_millis(ms)),
+            Some(Err(_)) | None => Some(Duration::from_secs(300)),
+        }
+    }
+
+    fn delivery_timeout_setting(&self) -> &str {
+        "Kafka `message.timeout.ms`"
+    }
+}
+
 impl fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaPublisher").field("config", &self.inner.config).finish_non_exhaustive()
@@ -254,6 +273,33 @@ impl fmt::Debug for KafkaPublisher {
 mod tests {
     use super::*;
     use outbox_core::{NewEntry, Timestamp};
+
+    #[test]
+    fn the_delivery_timeout_is_message_timeout_ms() {
+        let publisher = |config: KafkaConfig| KafkaPublisher::new(config).unwrap();
+        let config = || KafkaConfig::new("127.0.0.1:9092", crate::Routing::topic("t").unwrap());
+        assert_eq!(publisher(config()).delivery_timeout(), Some(Duration::from_secs(8)));
+        let set = publisher(config().set("message.timeout.ms", "12000"));
+        assert_eq!(set.delivery_timeout(), Some(Duration::from_secs(12)));
+        let alias = publisher(config().set("delivery.timeout.ms", "9000"));
+        assert_eq!(alias.delivery_timeout(), Some(Duration::from_secs(9)), "the alias replaces the default");
+        assert_eq!(publisher(config().set("message.timeout.ms", "0")).delivery_timeout(), None);
+    }
+
+    #[test]
+    fn a_relay_whose_publish_timeout_is_not_above_message_timeout_is_refused() {
+        use outbox_core::{MemoryStore, Relay, RelayConfig};
+        let config = KafkaConfig::new("127.0.0.1:9092", crate::Routing::topic("t").unwrap());
+        let slow = KafkaPublisher::new(config.clone().set("message.timeout.ms", "15000")).unwrap();
+        let err = Relay::new_checked(MemoryStore::new(), slow, RelayConfig::default()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert_eq!(
+            err.to_string(),
+            "invalid relay config: Kafka `message.timeout.ms` (15s) is not shorter than publish_timeout (10s): the relay would give up on batches the publisher may still deliver; lower Kafka `message.timeout.ms` below publish_timeout, or raise publish_timeout (and lease_duration above it) (config, permanent)"
+        );
+        let default = KafkaPublisher::new(config).unwrap();
+        assert!(Relay::new_checked(MemoryStore::new(), default, RelayConfig::default()).is_ok(), "8 s < 10 s");
+    }
 
     #[test]
     fn keys_follow_the_configured_strategy() {

@@ -149,6 +149,7 @@ async fn a_broker_down_past_the_message_timeout_is_retryable_and_the_next_batch_
         let Outcome::Failed(e) = o else { panic!("published while the broker was down: {outcomes:?}") };
         assert!(e.is_retryable(), "{e}");
         assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert!(e.is_outage(), "a broker that is down is not the entry's fault: {e}");
     }
     cluster.broker_up(1).unwrap();
     // As the relay would: retry the batch until librdkafka has reconnected (no new publisher).

@@ -362,6 +362,7 @@ async fn an_unreachable_broker_makes_every_entry_retryable() {
         let e = failure(o);
         assert!(e.is_retryable(), "{e}");
         assert!(matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable), "{e}");
+        assert!(e.is_outage(), "an unreachable broker is not the entry's fault: {e}");
     }
 }
 

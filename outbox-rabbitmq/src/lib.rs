@@ -18,7 +18,11 @@
 //!     .connection_name("orders-relay")
 //!     .build()?;
 //! let publisher = RabbitMqPublisher::new(config);
-//! publisher.connect().await?; // optional: fail fast at start-up
+//! // Optional check at start-up. A long-running relay should log a failure here rather than
+//! // exit: `Relay::run` waits for a broker that is down and publishes once it answers.
+//! if let Err(error) = publisher.connect().await {
+//!     eprintln!("RabbitMQ is not reachable yet, the relay will wait for it: {error}");
+//! }
 //!
 //! let store = MemoryStore::new();
 //! let mut tx = store.begin();
@@ -43,10 +47,15 @@
 //! | broker ack | `Published` |
 //! | ack with the message returned (`mandatory`, no queue bound: 312 NO_ROUTE) | failed, [`Rejected`](outbox_core::ErrorKind::Rejected), **permanent**: retrying cannot create a binding; the error names the exchange and routing key |
 //! | routing key, header name or property over 255 bytes | failed, [`Validation`](outbox_core::ErrorKind::Validation), permanent, that entry alone |
-//! | broker nack | failed, [`Unavailable`](outbox_core::ErrorKind::Unavailable), retryable |
-//! | connection or channel lost before the confirm (broker restart, `rabbitmqctl close_connection`, channel error) | failed, retryable; later entries of the batch too; the next batch reconnects |
-//! | no confirm within `confirm_timeout` | failed, [`Timeout`](outbox_core::ErrorKind::Timeout), retryable; the connection is replaced |
-//! | cannot connect, exchange missing, access refused | the whole batch fails (`Err`), retryable: entries wait for the broker or the operator instead of dying |
+//! | broker nack (e.g. a full queue with `x-overflow=reject-publish`) | failed, [`Unavailable`](outbox_core::ErrorKind::Unavailable), retryable, outage |
+//! | connection or channel lost before the confirm (broker restart, `rabbitmqctl close_connection`, channel error) | failed, retryable, outage; later entries of the batch too; the next batch reconnects |
+//! | no confirm within `confirm_timeout` | failed, [`Timeout`](outbox_core::ErrorKind::Timeout), retryable, outage; the connection is replaced |
+//! | cannot connect, exchange missing, access refused | the whole batch fails (`Err`), retryable: an outage |
+//!
+//! An **outage** ([`Error::is_outage`](outbox_core::Error::is_outage)) says nothing about the
+//! entry: the relay releases it without counting an attempt and pauses with a bounded back-off
+//! until the broker answers, so entries wait for the broker or the operator instead of dying.
+//! Only the failures of an entry itself (unroutable, invalid) count attempts.
 //!
 //! Returned messages are matched to entries by `message_id` (the entry id), not by the confirm
 //! lapin attaches them to: lapin 4 hands a returned message to the next confirm it completes,

@@ -89,8 +89,8 @@ enum Sent<'a> {
 }
 
 impl RabbitMqPublisher {
-    /// A publisher for `config`. It connects on the first batch; call [`connect`](Self::connect)
-    /// to fail fast at start-up instead.
+    /// A publisher for `config`. It connects on the first batch, so a relay started while the
+    /// broker is down waits for it (an outage) instead of failing.
     pub fn new(config: RabbitMqConfig) -> Self {
         RabbitMqPublisher { config, state: Mutex::new(State::default()) }
     }
@@ -103,6 +103,10 @@ impl RabbitMqPublisher {
     /// Connects now (if not connected), opens the confirm channel and checks or declares the
     /// exchange. Errors are retryable [`ErrorKind::Unavailable`] (or [`ErrorKind::Config`] when
     /// the broker refuses the exchange or the credentials), with the URL redacted.
+    ///
+    /// Optional. A relay process should not exit when this fails (the broker may simply not be
+    /// up yet): log the error and start [`Relay::run`](outbox_core::Relay::run) anyway, which
+    /// waits out the outage and publishes once the broker answers.
     pub async fn connect(&self) -> Result<()> {
         let mut state = self.state.lock().await;
         self.ensure_link(&mut state).await.map(drop)
@@ -382,6 +386,8 @@ impl RabbitMqPublisher {
         }
     }
 
+    /// No confirm in time: the broker is not answering (blocked by a resource alarm, or the
+    /// connection hangs), which says nothing about the entry: an outage.
     fn timed_out(&self, entry: &Entry) -> Error {
         Error::new(
             ErrorKind::Timeout,
@@ -390,6 +396,7 @@ impl RabbitMqPublisher {
                 entry.id, self.config.confirm_timeout
             ),
         )
+        .with_outage(true)
     }
 }
 
@@ -430,8 +437,9 @@ fn is_access_refused(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)))
 }
 
-/// Maps a lapin error. Connection and channel failures are always retryable: they say nothing
-/// about the entry, and an entry must not die because the broker was down or misconfigured.
+/// Maps a lapin error. Connection and channel failures are always retryable outages
+/// ([`Error::is_outage`]): they say nothing about the entry, and an entry must not spend its
+/// attempts, let alone die, because the broker was down or misconfigured.
 fn classify(e: lapin::Error, context: &str) -> Error {
     let kind = match e.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
@@ -441,7 +449,7 @@ fn classify(e: lapin::Error, context: &str) -> Error {
         lapin::ErrorKind::MissingHeartbeatError => ErrorKind::Timeout,
         _ => ErrorKind::Unavailable,
     };
-    Error::new(kind, context).with_retryable(true).with_source(e)
+    Error::new(kind, context).with_retryable(true).with_outage(true).with_source(e)
 }
 
 impl Publisher for RabbitMqPublisher {
