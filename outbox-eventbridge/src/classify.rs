@@ -16,6 +16,12 @@
 //! | the whole request | a response that could not be read | `Unexpected` | retryable (in doubt) |
 //! | the whole request | it could not be built or signed (no region, no credentials, endpoint resolution) | `Config` | retryable: a configuration fix must not cost the entries |
 //!
+//! **Outages.** `Throttled` and `Unavailable` failures, and every *retryable* failure of a whole
+//! request (timeout, unreadable response, a request that could not be built), are outages
+//! ([`Error::is_outage`]): they say nothing about the entries, so the relay releases them
+//! without counting an attempt and pauses until EventBridge answers. Permanent refusals and
+//! per-entry rejections count attempts.
+//!
 //! The SDK itself already retries a failed request (standard retry mode, 3 attempts by default)
 //! before the adapter sees the error; per-entry failures inside a successful response are never
 //! retried by the SDK, only by the relay.
@@ -95,8 +101,15 @@ pub fn result_entry(entry: &PutEventsResultEntry) -> Outcome {
     }
 }
 
-/// The error every entry of a `PutEvents` request gets when the request as a whole failed.
+/// The error every entry of a `PutEvents` request gets when the request as a whole failed. A
+/// retryable one is an outage: it says nothing about the entries.
 pub fn request_failure(error: &SdkError<PutEventsError>) -> Error {
+    let error = whole_request_failure(error);
+    let outage = error.is_retryable();
+    error.with_outage(outage)
+}
+
+fn whole_request_failure(error: &SdkError<PutEventsError>) -> Error {
     let detail = DisplayErrorContext(error).to_string();
     match error {
         SdkError::ConstructionFailure(_) => Error::new(
@@ -181,6 +194,8 @@ mod tests {
         }
         assert_eq!(failed("ThrottlingException").kind(), ErrorKind::Throttled);
         assert_eq!(failed("InternalFailure").kind(), ErrorKind::Unavailable);
+        assert!(failed("ThrottlingException").is_outage() && failed("InternalFailure").is_outage());
+        assert!(!failed("InvalidArgument").is_outage());
         for code in [
             "InvalidArgument",
             "MalformedDetail",
@@ -231,6 +246,7 @@ mod tests {
         for (code, status, kind, retryable) in cases {
             let e = service(code, status);
             assert_eq!((e.kind(), e.is_retryable()), (kind, retryable), "{code:?} {status}: {e}");
+            assert_eq!(e.is_outage(), retryable, "retryable whole-request failures are outages: {e}");
             assert!(e.message().contains(&format!("HTTP {status}")), "{e}");
         }
     }
@@ -246,6 +262,7 @@ mod tests {
         assert_eq!((e.kind(), e.is_retryable()), (ErrorKind::Timeout, true));
         let e = request_failure(&SdkError::timeout_error("deadline"));
         assert_eq!((e.kind(), e.is_retryable()), (ErrorKind::Timeout, true));
+        assert!(e.is_outage(), "a request that timed out says nothing about its entries: {e}");
         let e = request_failure(&SdkError::construction_failure("no region"));
         assert_eq!((e.kind(), e.is_retryable()), (ErrorKind::Config, true));
         assert!(e.message().contains("region"), "{e}");

@@ -56,7 +56,10 @@
 //! the result entry at its index, and:
 //! - when a request fails as a whole and retryably (network, throttling, 5xx, after the SDK's own
 //!   retries), every entry in it is retryable and the rest of the batch is not sent (reported
-//!   retryable too), so a struggling endpoint is not hammered;
+//!   retryable too), so a struggling endpoint is not hammered. These are outages
+//!   ([`Error::is_outage`](outbox_core::Error::is_outage)), as are throttled and internal-failure
+//!   entries: the relay releases them without counting an attempt and pauses until EventBridge
+//!   answers, so an outage never dead-letters entries;
 //! - when a request fails as a whole and permanently (access denied, validation), every entry in
 //!   it is failed permanently, and the following requests are still sent;
 //! - once an entry failed retryably, the later entries of its aggregate in the following requests

@@ -93,7 +93,7 @@ fn retryable(kind: ErrorKind, message: &str) -> Outcome {
 }
 
 fn copy(error: &Error) -> Outcome {
-    Outcome::Failed(Error::new(error.kind(), error.message()).with_retryable(error.is_retryable()))
+    Outcome::Failed(error.clone())
 }
 
 /// The request being filled: entries, their batch positions, their bytes.
@@ -189,13 +189,11 @@ fn key(entry: &Entry) -> (&str, &str) {
 }
 
 fn not_sent(cause: &Error) -> Outcome {
-    retryable(
+    let error = Error::new(
         cause.kind(),
-        &format!(
-            "not sent: an earlier PutEvents request of this batch failed ({}); it will be retried",
-            cause.message()
-        ),
-    )
+        format!("not sent: an earlier PutEvents request of this batch failed ({}); it will be retried", cause.message()),
+    );
+    Outcome::Failed(error.with_retryable(true).with_outage(cause.is_outage()))
 }
 
 fn held_back(entry: &Entry) -> Outcome {
