@@ -66,6 +66,20 @@
 //! 5. **No double publish without a crash**, even with several relays on one store: two claims
 //!    never hold the same entry.
 //!
+//! ## Outages are not the entry's fault
+//! Attempts and the dead letter are for failures of the entry itself (too large, unroutable,
+//! not acknowledged). A failure that says nothing about the entry — the publisher's `Err` for
+//! the whole batch, a batch that exceeds [`RelayConfig::publish_timeout`], or an entry whose
+//! error [`is_outage`](Error::is_outage) (broker unreachable, connection lost, throttling) —
+//! releases the entry without counting an attempt, and [`Relay::run`] pauses publishing with a
+//! bounded exponential back-off ([`RelayConfig::outage_backoff`]) until the broker answers,
+//! telling the [`Observer`] once ([`RelayEvent::OutageStarted`], [`RelayEvent::OutageEnded`]).
+//! A broker outage, however long, never dead-letters anything, and a relay started while its
+//! broker is down waits for it. A panicking publisher is caught: the batch is published again
+//! one entry at a time, and an entry whose own publish panics counts a failed attempt, so a
+//! poison entry ends up dead while the rest flows. With the default [`ExponentialBackoff`], an
+//! entry that keeps failing retryably is dead within 511 s of its first failure.
+//!
 //! A delayed entry ([`NewEntryBuilder::not_before`]) holds back the later entries of its
 //! aggregate until it is due: order wins over timeliness. A dead entry blocks its aggregate
 //! until an operator requeues it, unless [`DeadPolicy::Skip`] is configured.

@@ -220,7 +220,7 @@ async fn exercise(
     let publisher = KafkaPublisher::new(KafkaConfig::new(brokers, Routing::topic(topic)?))?;
     let store = SeaStore::new(db.clone(), tables.clone());
     let config = RelayConfig { poll_interval: Duration::from_millis(50), ..RelayConfig::default() };
-    let relay = Relay::new(store.clone(), publisher.clone(), config)?;
+    let relay = Relay::new_checked(store.clone(), publisher.clone(), config)?; // also checks message.timeout.ms
     let watcher = store.clone();
     let deadline = Instant::now() + WAIT;
     relay

@@ -193,7 +193,7 @@ async fn exercise(
     let publisher = KafkaPublisher::new(KafkaConfig::new(brokers, Routing::topic(topic)?))?;
     let store = outbox.store(pool.clone());
     let config = RelayConfig { poll_interval: Duration::from_millis(50), ..RelayConfig::default() };
-    let relay = Relay::new(store.clone(), publisher.clone(), config)?;
+    let relay = Relay::new_checked(store.clone(), publisher.clone(), config)?; // also checks message.timeout.ms
     let _listener = store.listen(relay.wakeup());
     let watcher = store.clone();
     let deadline = Instant::now() + WAIT;

@@ -132,10 +132,15 @@ async fn run(s: Settings) -> Result<(), BoxError> {
         .await
         .map_err(|e| format!("cannot reach PostgreSQL at {} ({e})", redact(&s.database_url)))?;
     let publisher = Arc::new(RabbitMqPublisher::new(amqp));
-    publisher.connect().await?; // fail fast at start-up rather than at the first batch
+    // Check the broker at start-up, but do not exit when it is down: `Relay::run` waits for it
+    // (an outage) and publishes once it answers.
+    if let Err(error) = publisher.connect().await {
+        eprintln!("{}: RabbitMQ is not reachable yet; waiting for it: {error}", s.relay_id);
+    }
 
     let published = Arc::new(AtomicU64::new(0));
     let counter = published.clone();
+    let relay_id = s.relay_id.clone();
     let config = RelayConfig {
         relay_id: s.relay_id.clone(),
         batch_size: s.batch_size,
@@ -144,10 +149,15 @@ async fn run(s: Settings) -> Result<(), BoxError> {
         max_poll_interval: s.poll.max(Duration::from_secs(2)),
         lease_duration: s.lease,
         publish_timeout: s.lease / 3,
-        observer: Arc::new(move |event: &RelayEvent<'_>| {
-            if let RelayEvent::Published { .. } = event {
+        observer: Arc::new(move |event: &RelayEvent<'_>| match event {
+            RelayEvent::Published { .. } => {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
+            RelayEvent::OutageStarted { error, backoff } => {
+                eprintln!("{relay_id}: broker outage, pausing (first for {backoff:?}); no attempt is counted: {error}");
+            }
+            RelayEvent::OutageEnded { lasted, .. } => eprintln!("{relay_id}: broker back after {lasted:?}"),
+            _ => {}
         }),
         ..RelayConfig::default()
     };
