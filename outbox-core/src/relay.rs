@@ -423,7 +423,10 @@ impl<S: Store, P: Publisher> Relay<S, P> {
 
     /// Claims, publishes and completes one batch; for tests and for callers with their own loop.
     ///
-    /// An `Err` is a store failure (claim or completion); publish failures are outcomes.
+    /// An `Err` is a store failure (claim or completion); publish failures are outcomes. An
+    /// outage releases the batch's unpublished entries (counted in
+    /// [`BatchReport::released`]) and is reported to the observer, but `run_once` does not
+    /// pause: a caller with its own loop backs off itself.
     pub async fn run_once(&self) -> Result<BatchReport> {
         match self.claim_and_publish().await? {
             Some(published) => self.finish(published).await,
