@@ -191,7 +191,10 @@ fn key(entry: &Entry) -> (&str, &str) {
 fn not_sent(cause: &Error) -> Outcome {
     let error = Error::new(
         cause.kind(),
-        format!("not sent: an earlier PutEvents request of this batch failed ({}); it will be retried", cause.message()),
+        format!(
+            "not sent: an earlier PutEvents request of this batch failed ({}); it will be retried",
+            cause.message()
+        ),
     );
     Outcome::Failed(error.with_retryable(true).with_outage(cause.is_outage()))
 }

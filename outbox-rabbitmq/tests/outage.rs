@@ -211,8 +211,9 @@ async fn a_sixty_second_outage_mid_drain_dead_letters_nothing_and_keeps_order() 
     assert_eq!(seen.retries.load(Ordering::SeqCst), 0, "no attempt was counted for the outage");
     assert_eq!(seen.outages_started.load(Ordering::SeqCst), 2, "one report per outage (start-up and mid-drain)");
     assert_eq!(seen.outages_ended.load(Ordering::SeqCst), 2);
-    for id in written.lock().unwrap().iter() {
-        let e = store.entry(*id).await.unwrap().unwrap();
+    let ids: Vec<EntryId> = written.lock().unwrap().clone();
+    for id in ids {
+        let e = store.entry(id).await.unwrap().unwrap();
         assert_eq!((e.attempts, e.last_error.as_deref()), (0, None), "{e:?}");
     }
 
