@@ -89,6 +89,7 @@ pub mod entry;
 pub mod error;
 pub mod memory;
 pub mod publisher;
+pub mod redact;
 pub mod relay;
 pub mod retry;
 pub mod status;
