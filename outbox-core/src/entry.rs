@@ -580,7 +580,7 @@ fn is_zero_width(c: char) -> bool {
 
 /// What ids, types and content types may not contain: control characters (C0, DEL, C1), the
 /// line and paragraph separators U+2028 and U+2029, bidi controls and zero-width characters.
-fn is_forbidden_in_names(c: char) -> bool {
+pub(crate) fn is_forbidden_in_names(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_bidi_control(c) || is_zero_width(c)
 }
 
