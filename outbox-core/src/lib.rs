@@ -76,8 +76,8 @@
 //! - **Times**: [`Timestamp::MIN_STORABLE`]`..=`[`Timestamp::MAX_STORABLE`], 1970-01-01T00:00:00Z
 //!   to 9999-12-31T23:59:59.999999Z, in microseconds (a `not_before` outside it fails the
 //!   build); the relay's lease, publish timeout and retry delays are at most
-//!   [`RelayConfig::MAX_DURATION`] (100 years) and must end within that range. Stores check
-//!   every time they write with [`Timestamp::check_storable`].
+//!   [`RelayConfig::MAX_DURATION`] (100 years) and must end within that range. A store refuses
+//!   any other time it is asked to write ([`Timestamp::check_storable`] says why).
 //! - **Identifiers**: aggregate type, aggregate id and event type at most 255 bytes by default
 //!   ([`Limits`]), with no control, bidi-control or zero-width characters; a
 //!   [`RelayConfig::relay_id`] at most [`RelayConfig::MAX_RELAY_ID_LEN`] (234) bytes, so the lease
