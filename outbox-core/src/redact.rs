@@ -93,14 +93,15 @@ struct UrlParts<'a> {
 }
 
 fn parse(url: &str) -> UrlParts<'_> {
-    // A scheme is a letter followed by letters, digits, `+`, `-` or `.`, then `:`.
+    // A scheme is a letter followed by letters, digits, `+`, `-` or `.`, then `:` (and `_`,
+    // which RFC 3986 does not allow but librdkafka's `sasl_ssl://` uses).
     let scheme_len = url
         .find(':')
         .filter(|&i| {
             let s = url.as_bytes();
             i > 0
                 && s[0].is_ascii_alphabetic()
-                && s[..i].iter().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b))
+                && s[..i].iter().all(|b| b.is_ascii_alphanumeric() || b"+-._".contains(b))
         })
         .map_or(0, |i| i + 1);
     let (scheme, rest) = url.split_at(scheme_len);
@@ -237,6 +238,7 @@ mod tests {
                 "https://h/p?X-Amz-Signature=***&X-Amz-Credential=***&a=1",
             ),
             ("https://h/p#access_token=S3CRET", "https://h/p#access_token=***"),
+            ("sasl_ssl://relay:S3CRET@b1:9092", "sasl_ssl://relay:***@b1:9092"),
             ("amqp://u:p@h/v?password=S3CRET;auth_mechanism=plain", "amqp://u:***@h/v?password=***;auth_mechanism=***"),
         ] {
             assert_eq!(redact_url(url), redacted, "{url}");
