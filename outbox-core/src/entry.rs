@@ -67,19 +67,33 @@ impl fmt::Debug for EntryId {
 impl FromStr for EntryId {
     type Err = Error;
 
-    /// Parses the hyphenated (`8-4-4-4-12`) or the plain 32-digit hexadecimal form.
+    /// Parses the hyphenated (`8-4-4-4-12`) or the plain 32-digit hexadecimal form, in either
+    /// case. Nothing else is accepted: no sign, no braces, no `urn:uuid:` prefix, no white space.
     fn from_str(s: &str) -> Result<Self, Error> {
-        let hex: String = s.chars().filter(|c| *c != '-').collect();
-        let hyphens_ok = s.len() == 32 || (s.len() == 36 && [8, 13, 18, 23].iter().all(|&i| s.as_bytes()[i] == b'-'));
-        if hex.len() != 32 || !hyphens_ok {
+        let bytes = s.as_bytes();
+        let hyphenated = bytes.len() == 36
+            && bytes
+                .iter()
+                .enumerate()
+                .all(|(i, b)| if [8, 13, 18, 23].contains(&i) { *b == b'-' } else { b.is_ascii_hexdigit() });
+        let plain = bytes.len() == 32 && bytes.iter().all(u8::is_ascii_hexdigit);
+        if !hyphenated && !plain {
             return Err(Error::new(
                 ErrorKind::Validation,
-                format!("`{s}` is not an entry id: expected a UUID such as 0190f0e2-7c4a-7b3e-8d21-5f2a9c0e4b17"),
+                format!(
+                    "{} is not an entry id: expected a UUID of 32 hexadecimal digits, plain or hyphenated 8-4-4-4-12, \
+                     such as 0190f0e2-7c4a-7b3e-8d21-5f2a9c0e4b17",
+                    quote(s)
+                ),
             ));
         }
-        u128::from_str_radix(&hex, 16).map(EntryId).map_err(|_| {
-            Error::new(ErrorKind::Validation, format!("`{s}` is not an entry id: it has a non-hexadecimal digit"))
-        })
+        let mut value: u128 = 0;
+        for b in bytes.iter().filter(|b| **b != b'-') {
+            // every remaining byte is an ASCII hexadecimal digit: to_digit cannot fail
+            let digit = char::from(*b).to_digit(16).unwrap_or(0);
+            value = (value << 4) | u128::from(digit);
+        }
+        Ok(EntryId(value))
     }
 }
 
@@ -226,7 +240,13 @@ pub struct Limits {
     pub max_header_name_len: usize,
     /// Longest header value, in bytes (default 8 KiB).
     pub max_header_value_len: usize,
-    /// Largest payload, in bytes (default 1 MiB, Kafka's default `message.max.bytes`).
+    /// Largest payload, in bytes (default 1 MiB, 1,048,576).
+    ///
+    /// This is the outbox's own ceiling, not a broker's: brokers count more than the payload
+    /// and have their own limits (Kafka's producer default `message.max.bytes` is 1,000,000
+    /// bytes for key, value and headers together; EventBridge takes less than 256 KiB per
+    /// entry). Each broker adapter checks every entry against its broker's limit before sending
+    /// and fails the ones that can never fit, permanently; its crate docs give the limit.
     pub max_payload_len: usize,
 }
 
@@ -263,6 +283,8 @@ pub enum Field {
     HeaderName(usize),
     /// The value of the header with this name.
     HeaderValue(String),
+    /// [`NewEntry::not_before`].
+    NotBefore,
 }
 
 impl fmt::Display for Field {
@@ -276,6 +298,7 @@ impl fmt::Display for Field {
             Field::Headers => f.write_str("headers"),
             Field::HeaderName(i) => write!(f, "header name #{i}"),
             Field::HeaderValue(name) => write!(f, "value of header `{name}`"),
+            Field::NotBefore => f.write_str("not_before"),
         }
     }
 }
@@ -455,6 +478,9 @@ impl NewEntryBuilder {
 
     /// Do not publish before `at` (delayed delivery). Later entries of the same aggregate wait too:
     /// order within an aggregate wins over timeliness.
+    ///
+    /// `at` must be [storable](Timestamp#the-storable-range) (1970 to the end of 9999), or
+    /// [`build`](Self::build) fails; a time in the past means "now".
     pub fn not_before(mut self, at: Timestamp) -> Self {
         self.not_before = Some(at);
         self
@@ -471,6 +497,19 @@ impl NewEntryBuilder {
         check_name(Field::AggregateId, &self.aggregate_id, limits.max_name_len, "o-42")?;
         check_name(Field::EventType, &self.event_type, limits.max_name_len, "order.placed")?;
         check_name(Field::ContentType, &self.content_type, limits.max_content_type_len, "application/json")?;
+        if let Some(at) = self.not_before
+            && !at.is_storable()
+        {
+            return Err(ValidationError::new(
+                Field::NotBefore,
+                format!(
+                    "is {} µs since the Unix epoch, outside the range every store can hold (1970-01-01T00:00:00Z to \
+                     9999-12-31T23:59:59.999999Z, Timestamp::MIN_STORABLE..=Timestamp::MAX_STORABLE); give a time \
+                     within it",
+                    at.as_micros()
+                ),
+            ));
+        }
         if self.payload.len() > limits.max_payload_len {
             return Err(ValidationError::new(
                 Field::Payload,
@@ -503,18 +542,80 @@ impl NewEntryBuilder {
     }
 }
 
+/// How many characters of a rejected value an error message quotes.
+const QUOTED_CHARS: usize = 40;
+
+/// A short, safe rendering of a rejected value for an error message: at most [`QUOTED_CHARS`]
+/// characters, in quotes, with control, bidi and invisible characters escaped (`\u{202e}`) so
+/// the message shows what is there and cannot be reordered or hidden by it.
+pub(crate) fn quote(value: &str) -> String {
+    let mut out = String::from("\"");
+    for c in value.chars().take(QUOTED_CHARS) {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c == ' ' || !(c.is_whitespace() || is_forbidden_in_names(c)) => out.push(c),
+            c => out.push_str(&c.escape_unicode().to_string()),
+        }
+    }
+    out.push('"');
+    if value.chars().nth(QUOTED_CHARS).is_some() {
+        out.push_str(&format!("… ({} bytes)", value.len()));
+    }
+    out
+}
+
+/// Bidi control characters (Unicode's `Bidi_Control`): they reorder how text around them is
+/// displayed, so a log line or dashboard could show something other than what is stored.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that take no space: two ids that differ only by one look the same.
+fn is_zero_width(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+}
+
+/// What ids, types and content types may not contain: control characters (C0, DEL, C1), the
+/// line and paragraph separators U+2028 and U+2029, bidi controls and zero-width characters.
+pub(crate) fn is_forbidden_in_names(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_bidi_control(c) || is_zero_width(c)
+}
+
+/// What header values may not contain: the same, except tabs and zero-width characters (a
+/// zero-width joiner is part of many emoji).
+fn is_forbidden_in_header_values(c: char) -> bool {
+    c != '\t' && !is_zero_width(c) && is_forbidden_in_names(c)
+}
+
 fn check_name(field: Field, value: &str, max: usize, example: &str) -> Result<(), ValidationError> {
+    // Length first, so no later message quotes a huge value.
+    if value.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!("is {} bytes, over the limit of {max}; shorten it (it starts {})", value.len(), quote(value)),
+        ));
+    }
     if value.trim().is_empty() {
         return Err(ValidationError::new(field, format!("is empty; give a value such as `{example}`")));
     }
     if value.trim() != value {
-        return Err(ValidationError::new(field, format!("`{value}` has leading or trailing white space; trim it")));
+        return Err(ValidationError::new(
+            field,
+            format!("{} has leading or trailing white space; trim it", quote(value)),
+        ));
     }
-    if value.len() > max {
-        return Err(ValidationError::new(field, format!("is {} bytes, over the limit of {max}", value.len())));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ValidationError::new(field, format!("{value:?} contains a control character")));
+    if let Some(c) = value.chars().find(|c| is_forbidden_in_names(*c)) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{} contains {}, a control, bidi or zero-width character; remove it",
+                quote(value),
+                c.escape_unicode()
+            ),
+        ));
     }
     Ok(())
 }
@@ -531,13 +632,13 @@ fn check_header(index: usize, name: &str, value: &str, limits: &Limits) -> Resul
     if name.len() > limits.max_header_name_len {
         return Err(ValidationError::new(
             field,
-            format!("`{name}` is {} bytes, over the limit of {}", name.len(), limits.max_header_name_len),
+            format!("{} is {} bytes, over the limit of {}", quote(name), name.len(), limits.max_header_name_len),
         ));
     }
     if !name.chars().all(is_token_char) {
         return Err(ValidationError::new(
             field,
-            format!("`{name}` is not a header name: use letters, digits and - . _ (e.g. `correlation-id`)"),
+            format!("{} is not a header name: use letters, digits and - . _ (e.g. `correlation-id`)", quote(name)),
         ));
     }
     if name.to_ascii_lowercase().starts_with(header::RESERVED_PREFIX) {
@@ -556,8 +657,14 @@ fn check_header(index: usize, name: &str, value: &str, limits: &Limits) -> Resul
             format!("is {} bytes, over the limit of {}", value.len(), limits.max_header_value_len),
         ));
     }
-    if value.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(ValidationError::new(field, "contains a control character (line breaks are not allowed)"));
+    if let Some(c) = value.chars().find(|c| is_forbidden_in_header_values(*c)) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "contains {}, a control or bidi character or a line break (only tabs are allowed); remove it",
+                c.escape_unicode()
+            ),
+        ));
     }
     Ok(())
 }
@@ -713,6 +820,97 @@ mod tests {
         assert_eq!(format!("{:032x}", id.as_u128()).parse::<EntryId>().expect("plain form"), id);
         assert!("not-a-uuid".parse::<EntryId>().is_err());
         assert!("0190f0e2-7c4a-7b3e-8d21-5f2a9c0e4bzz".parse::<EntryId>().is_err());
+    }
+
+    #[test]
+    fn bidi_and_zero_width_characters_are_rejected_in_ids_and_types() {
+        for bad in [
+            '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}', '\u{200E}', '\u{200B}', '\u{200D}', '\u{2060}', '\u{FEFF}',
+            '\u{2028}', '\u{85}',
+        ] {
+            let value = format!("o{bad}-1");
+            assert_eq!(field_of(NewEntry::builder(value.clone(), "1", "e")), Field::AggregateType, "{bad:?}");
+            assert_eq!(field_of(NewEntry::builder("o", value.clone(), "e")), Field::AggregateId, "{bad:?}");
+            assert_eq!(field_of(NewEntry::builder("o", "1", value.clone())), Field::EventType, "{bad:?}");
+            let err = NewEntry::builder("o", value, "e").build().unwrap_err();
+            assert!(!err.to_string().contains(bad), "the message escapes it: {err}");
+            assert!(err.to_string().contains(&bad.escape_unicode().to_string()), "{err}");
+        }
+        assert!(
+            NewEntry::builder("commande", "café-ü-42", "commande.passée").build().is_ok(),
+            "letters of any script pass"
+        );
+    }
+
+    #[test]
+    fn header_values_reject_line_separators_and_bidi_controls() {
+        for bad in ['\u{2028}', '\u{2029}', '\u{202E}', '\u{2067}', '\u{7F}', '\u{9B}', '\n'] {
+            let b = NewEntry::builder("o", "1", "e").header("x-note", format!("a{bad}b"));
+            assert_eq!(field_of(b), Field::HeaderValue("x-note".into()), "{bad:?}");
+        }
+        let emoji = "family \u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}\tok";
+        assert!(
+            NewEntry::builder("o", "1", "e").header("x-note", emoji).build().is_ok(),
+            "zero-width joiners and tabs pass"
+        );
+    }
+
+    #[test]
+    fn errors_quote_at_most_a_short_prefix_and_check_length_first() {
+        let huge = format!("{} ", "x".repeat(10 * 1024 * 1024));
+        let err = NewEntry::builder("o", huge, "e").build().unwrap_err();
+        assert_eq!(err.field(), &Field::AggregateId);
+        assert!(err.reason().contains("10485761 bytes, over the limit of 255"), "{err}");
+        assert!(err.to_string().len() < 300, "{} bytes of message", err.to_string().len());
+        let limits = Limits { max_name_len: usize::MAX, ..Limits::default() };
+        let err = NewEntry::builder("o", format!(" {}", "y".repeat(1_000_000)), "e").build_with(&limits).unwrap_err();
+        assert!(err.reason().contains("white space"), "{err}");
+        assert!(err.to_string().len() < 300, "{} bytes of message", err.to_string().len());
+        let err = "+".repeat(1_000_000).parse::<EntryId>().unwrap_err();
+        assert!(err.to_string().len() < 400, "{} bytes of message", err.to_string().len());
+    }
+
+    #[test]
+    fn not_before_must_be_storable() {
+        let at = |t: Timestamp| NewEntry::builder("o", "1", "e").not_before(t).build();
+        for bad in [
+            Timestamp::from_micros(i64::MAX),
+            Timestamp::from_micros(Timestamp::MAX_STORABLE.as_micros() + 1),
+            Timestamp::from_micros(-1),
+            Timestamp::from_micros(i64::MIN),
+        ] {
+            let err = at(bad).unwrap_err();
+            assert_eq!(err.field(), &Field::NotBefore, "{bad:?}");
+            assert!(err.reason().contains("9999-12-31T23:59:59.999999Z"), "{err}");
+        }
+        assert_eq!(at(Timestamp::MAX_STORABLE).unwrap().not_before(), Some(Timestamp::MAX_STORABLE));
+        assert!(at(Timestamp::MIN_STORABLE).is_ok());
+    }
+
+    #[test]
+    fn only_canonical_id_text_parses() {
+        let id: EntryId = "0190f0e2-7c4a-7b3e-8d21-5f2a9c0e4b17".parse().unwrap();
+        assert_eq!(id.as_u128(), 0x0190f0e2_7c4a_7b3e_8d21_5f2a9c0e4b17);
+        assert_eq!("0190F0E2-7C4A-7B3E-8D21-5F2A9C0E4B17".parse::<EntryId>().unwrap(), id, "either case");
+        assert_eq!("0190f0e27c4a7b3e8d215f2a9c0e4b17".parse::<EntryId>().unwrap(), id);
+        for bad in [
+            "+190f0e27c4a7b3e8d215f2a9c0e4b17",
+            "+190f0e2-7c4a-7b3e-8d21-5f2a9c0e4b17",
+            "0190f0e2-7c4a-7b3e-8d21-+f2a9c0e4b17",
+            "-190f0e27c4a7b3e8d215f2a9c0e4b17",
+            "{0190f0e2-7c4a-7b3e-8d21-5f2a9c0e4b1}",
+            "urn:uuid:0190f0e2-7c4a-7b3e-8d21-5f2a9c0e4b17",
+            " 0190f0e27c4a7b3e8d215f2a9c0e4b1",
+            "0190f0e27c4a-7b3e-8d21-5f2a9c0e4b17",
+            "0190f0e2-7c4a-7b3e-8d215f2a9c0e4b17",
+            "0190f0e2-7c4a-7b3e-8d21-5f2a9c0e4b17\u{200B}",
+            "0190f0e2\u{2010}7c4a-7b3e-8d21-5f2a9c0e4b",
+            "",
+        ] {
+            let err = bad.parse::<EntryId>().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Validation, "{bad}");
+            assert!(err.message().contains("8-4-4-4-12"), "{err}");
+        }
     }
 
     #[test]

@@ -84,6 +84,26 @@
 //! aggregate until it is due: order wins over timeliness. A dead entry blocks its aggregate
 //! until an operator requeues it, unless [`DeadPolicy::Skip`] is configured.
 //!
+//! ## Limits
+//! What every store and the relay can hold, checked where the value enters (the entry builder or
+//! [`RelayConfig`] validation), so nothing is refused later, or silently changed, by a database:
+//! - **Times**: [`Timestamp::MIN_STORABLE`]`..=`[`Timestamp::MAX_STORABLE`], 1970-01-01T00:00:00Z
+//!   to 9999-12-31T23:59:59.999999Z, in microseconds (a `not_before` outside it fails the
+//!   build); the relay's lease, publish timeout and retry delays are at most
+//!   [`RelayConfig::MAX_DURATION`] (100 years) and must end within that range. A store refuses
+//!   any other time it is asked to write ([`Timestamp::check_storable`] says why).
+//! - **Identifiers**: aggregate type, aggregate id and event type at most 255 bytes by default
+//!   ([`Limits`]), with no control, bidi-control or zero-width characters; a
+//!   [`RelayConfig::relay_id`] at most [`RelayConfig::MAX_RELAY_ID_LEN`] (234) bytes, so the lease
+//!   holder `<relay_id>:<batch>` fits [`ClaimRequest::MAX_HOLDER_LEN`] (255).
+//! - **Concurrency**: [`RelayConfig::max_in_flight`] at most [`RelayConfig::MAX_IN_FLIGHT`] (64).
+//! - **Payloads**: at most 1 MiB by default ([`Limits::max_payload_len`]), but each broker has its
+//!   own, smaller or larger, limit on the whole message, which its publisher checks before sending
+//!   (an entry that can never fit fails alone, permanently): Kafka's producer `message.max.bytes`,
+//!   1,000,000 bytes by default for key, value and headers; RabbitMQ's `max_message_size` for the
+//!   body and `frame_max` (131,072 bytes by default) for properties and headers; EventBridge's
+//!   256 KiB per `PutEvents` entry. See each adapter's crate docs.
+//!
 //! ## What a writer must guarantee
 //! Writing is each storage adapter's own function, taking its library's transaction type. It must:
 //! - insert the entry with the caller's transaction, so it commits or rolls back with it, and
@@ -103,6 +123,7 @@ pub mod entry;
 pub mod error;
 pub mod memory;
 pub mod publisher;
+pub mod redact;
 pub mod relay;
 pub mod retry;
 pub mod status;

@@ -20,7 +20,9 @@ use crate::time::{Clock, SystemClock, Timer, Timestamp};
 /// How a relay behaves. Start from [`RelayConfig::default`] and change what you need.
 #[derive(Clone)]
 pub struct RelayConfig {
-    /// Names this relay in leases and logs; unique per process by default.
+    /// Names this relay in leases and logs; unique per process by default. At most
+    /// [`RelayConfig::MAX_RELAY_ID_LEN`] bytes, without control, bidi or zero-width characters
+    /// and without leading or trailing white space.
     pub relay_id: String,
     /// The most entries claimed and published per batch (default 1000).
     pub batch_size: usize,
@@ -34,13 +36,16 @@ pub struct RelayConfig {
     /// claims and publishes the next one while the last one's completion is written); more
     /// workers also overlap publishing. Each batch holds its own aggregates, so order is kept at
     /// any value. The publisher sees up to this many `publish` calls at once. On PostgreSQL, 2
-    /// made one relay drain about 1.2 × faster than 1 (see BENCHMARKS.md).
+    /// made one relay drain about 1.2 × faster than 1 (see BENCHMARKS.md). At most
+    /// [`RelayConfig::MAX_IN_FLIGHT`]; each batch in flight may hold a store connection while it
+    /// claims and another while it completes, so keep it well below the store's pool size.
     pub max_in_flight: usize,
     /// How long to wait before polling again when idle (default 100 ms); doubles while idle.
     pub poll_interval: Duration,
     /// The longest idle wait (default 2 s). A [`Wakeup`] ends any wait at once.
     pub max_poll_interval: Duration,
     /// How long a claim holds (default 30 s): a crashed relay's entries are claimable after it.
+    /// At most [`RelayConfig::MAX_DURATION`].
     pub lease_duration: Duration,
     /// The longest a publish may take (default 10 s). A publish that takes longer says nothing
     /// about its entries: they are released without an attempt and the relay pauses as in an
@@ -57,7 +62,8 @@ pub struct RelayConfig {
     pub max_outage_backoff: Duration,
     /// What a dead entry does to the later entries of its aggregate (default: blocks them).
     pub on_dead: DeadPolicy,
-    /// When to retry and when to give up (default [`ExponentialBackoff::default`]).
+    /// When to retry and when to give up (default [`ExponentialBackoff::default`]). Its
+    /// [`max_delay`](RetryPolicy::max_delay) must be at most [`RelayConfig::MAX_DURATION`].
     pub retry: Arc<dyn RetryPolicy>,
     /// Where `now` comes from (default the system clock).
     pub clock: Arc<dyn Clock>,
@@ -126,13 +132,85 @@ impl fmt::Debug for RelayConfig {
 }
 
 impl RelayConfig {
+    /// The longest [`relay_id`](Self::relay_id), in bytes: 234.
+    ///
+    /// The relay names each batch's lease holder `<relay_id>:<batch counter>`, and the counter
+    /// (a `u64`) takes up to 20 digits, so with this limit every holder fits in
+    /// [`ClaimRequest::MAX_HOLDER_LEN`] (255), the size of the stores' `lease_holder` column.
+    pub const MAX_RELAY_ID_LEN: usize = ClaimRequest::MAX_HOLDER_LEN - ":".len() - "18446744073709551615".len();
+
+    /// The most batches a relay publishes at once ([`max_in_flight`](Self::max_in_flight)): 64.
+    ///
+    /// Every batch in flight needs store connections; beyond a few, relays gain nothing and
+    /// starve the connection pool (10,000 against a pool of 5 times out thousands of times a
+    /// second). Run more relays instead.
+    pub const MAX_IN_FLIGHT: usize = 64;
+
+    /// The longest duration the relay adds to "now" and stores (the lease, the publish timeout,
+    /// the retry policy's [`max_delay`](RetryPolicy::max_delay)): 100 years of 365 days.
+    ///
+    /// Anything longer is a mistake of units, and could carry a stored time past
+    /// [`Timestamp::MAX_STORABLE`], which some databases would wrap to 1970 (a lease that lapsed
+    /// at once, a retry due at once).
+    pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
     fn validate(&self) -> Result<()> {
         let fail = |what: &str| Err(Error::new(ErrorKind::Config, format!("invalid relay config: {what}")));
         if self.relay_id.trim().is_empty() {
             return fail("relay_id is empty; leave the default or give a unique name");
         }
+        if self.relay_id.len() > Self::MAX_RELAY_ID_LEN {
+            return fail(&format!(
+                "relay_id is {} bytes, over the limit of {} (RelayConfig::MAX_RELAY_ID_LEN, so that the lease holder \
+                 `<relay_id>:<batch>` fits the stores' 255-character lease_holder column); shorten it (it starts {})",
+                self.relay_id.len(),
+                Self::MAX_RELAY_ID_LEN,
+                crate::entry::quote(&self.relay_id)
+            ));
+        }
+        if self.relay_id.trim() != self.relay_id {
+            return fail(&format!(
+                "relay_id {} has leading or trailing white space; trim it",
+                crate::entry::quote(&self.relay_id)
+            ));
+        }
+        if let Some(c) = self.relay_id.chars().find(|c| crate::entry::is_forbidden_in_names(*c)) {
+            return fail(&format!(
+                "relay_id {} contains {}, a control, bidi or zero-width character; remove it",
+                crate::entry::quote(&self.relay_id),
+                c.escape_unicode()
+            ));
+        }
         if self.batch_size == 0 || self.max_per_aggregate == 0 || self.max_in_flight == 0 {
             return fail("batch_size, max_per_aggregate and max_in_flight must each be at least 1");
+        }
+        if self.max_in_flight > Self::MAX_IN_FLIGHT {
+            return fail(&format!(
+                "max_in_flight is {}, over the limit of {} (RelayConfig::MAX_IN_FLIGHT); each batch in flight needs \
+                 store connections: keep it well below the pool size, and run more relays to go faster",
+                self.max_in_flight,
+                Self::MAX_IN_FLIGHT
+            ));
+        }
+        let now = self.clock.now();
+        for (name, duration) in [
+            ("lease_duration", self.lease_duration),
+            ("publish_timeout", self.publish_timeout),
+            ("the retry policy's max_delay", self.retry.max_delay()),
+        ] {
+            if duration > Self::MAX_DURATION {
+                return fail(&format!(
+                    "{name} is {duration:?}, over the limit of 100 years (RelayConfig::MAX_DURATION); check its units"
+                ));
+            }
+            if now.checked_add(duration).is_none_or(|end| !end.is_storable()) {
+                return fail(&format!(
+                    "{name} is {duration:?}: added to the clock's now ({} µs since the epoch) it ends after \
+                     Timestamp::MAX_STORABLE (9999-12-31T23:59:59.999999Z), which no store can hold; shorten it or fix \
+                     the clock",
+                    now.as_micros()
+                ));
+            }
         }
         if self.poll_interval.is_zero() || self.max_poll_interval < self.poll_interval {
             return fail("poll_interval must be above zero and at most max_poll_interval");

@@ -21,6 +21,11 @@ pub enum RetryDecision {
 pub trait RetryPolicy: Send + Sync + fmt::Debug {
     /// The decision for an entry whose `attempt`-th publish failed with `error`.
     fn decide(&self, attempt: u32, error: &Error) -> RetryDecision;
+
+    /// The longest delay [`decide`](Self::decide) ever returns. The relay adds the delay to
+    /// "now" and stores the result, so its configuration checks this against
+    /// `RelayConfig::MAX_DURATION` and the storable range of [`Timestamp`](crate::Timestamp).
+    fn max_delay(&self) -> Duration;
 }
 
 /// A source of random numbers, injectable so that retry schedules are exact in tests.
@@ -131,6 +136,10 @@ impl<R: RandomSource> RetryPolicy for ExponentialBackoff<R> {
         let ceiling = u64::try_from(ceiling).unwrap_or(u64::MAX);
         let jitter = if ceiling == 0 { 0 } else { self.random.next_u64() % (ceiling + 1) };
         RetryDecision::RetryAfter(Duration::from_micros(jitter))
+    }
+
+    fn max_delay(&self) -> Duration {
+        self.max_delay
     }
 }
 

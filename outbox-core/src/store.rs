@@ -28,7 +28,8 @@ pub enum DeadPolicy {
 #[derive(Clone, Copy, Debug)]
 pub struct ClaimRequest<'a> {
     /// Who claims: unique per batch (the relay uses `<relay id>:<batch counter>`), recorded
-    /// as the lease holder, and required to complete the batch.
+    /// as the lease holder, and required to complete the batch. At most
+    /// [`ClaimRequest::MAX_HOLDER_LEN`] bytes.
     pub holder: &'a str,
     /// The relay's idea of now: entries whose `available_at` is later are not due.
     pub now: Timestamp,
@@ -40,6 +41,13 @@ pub struct ClaimRequest<'a> {
     pub max_per_aggregate: usize,
     /// How dead entries affect their aggregate.
     pub on_dead: DeadPolicy,
+}
+
+impl ClaimRequest<'_> {
+    /// The longest holder a store must be able to record, in bytes: 255, the size of the
+    /// `lease_holder` column (`VARCHAR(255)` on MySQL). The relay's holders never exceed it
+    /// (see [`RelayConfig::MAX_RELAY_ID_LEN`](crate::RelayConfig::MAX_RELAY_ID_LEN)).
+    pub const MAX_HOLDER_LEN: usize = 255;
 }
 
 /// An entry whose publish failed and will be retried.

@@ -11,16 +11,36 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::error::{Error, ErrorKind};
+
 /// A point in time: microseconds since the Unix epoch (UTC).
 ///
 /// Microseconds match what PostgreSQL (`timestamptz`), MySQL (`DATETIME(6)`) and an
 /// SQLite integer column store, so a value survives a round trip through any of them.
+///
+/// ## The storable range
+/// A `Timestamp` can hold about ±292,000 years, but the databases cannot: MySQL's `DATETIME(6)`
+/// and the date-time types the SQL drivers convert through end with the year 9999. Every
+/// timestamp that crosses into a store must lie in
+/// [`MIN_STORABLE`](Self::MIN_STORABLE)`..=`[`MAX_STORABLE`](Self::MAX_STORABLE),
+/// 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z; [`Timestamp::is_storable`] and
+/// [`Timestamp::check_storable`] tell. The entry builder rejects a `not_before` outside it and
+/// the relay's configuration rejects durations that could push a lease or a retry past it, so
+/// a store never has to convert a value it cannot represent (which some drivers silently wrap
+/// to 1970).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
     /// The Unix epoch.
     pub const EPOCH: Timestamp = Timestamp(0);
+
+    /// The earliest time every store can hold: the Unix epoch, 1970-01-01T00:00:00Z.
+    pub const MIN_STORABLE: Timestamp = Timestamp::EPOCH;
+
+    /// The latest time every store can hold: 9999-12-31T23:59:59.999999Z
+    /// (253,402,300,799,999,999 µs after the epoch).
+    pub const MAX_STORABLE: Timestamp = Timestamp(253_402_300_799_999_999);
 
     /// From microseconds since the Unix epoch.
     pub const fn from_micros(micros: i64) -> Self {
@@ -43,6 +63,45 @@ impl Timestamp {
             Ok(d) => Timestamp(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
             Err(_) => Timestamp::EPOCH,
         }
+    }
+
+    /// Whether every store can hold this time (see [the storable range](Self#the-storable-range)).
+    pub const fn is_storable(self) -> bool {
+        self.0 >= Self::MIN_STORABLE.0 && self.0 <= Self::MAX_STORABLE.0
+    }
+
+    /// This time if every store can hold it; otherwise a [`ErrorKind::Validation`] error naming
+    /// `what` (e.g. `"not_before"`), the value and the range. Stores call it before converting
+    /// a timestamp for their database.
+    pub fn check_storable(self, what: &str) -> Result<Self, Error> {
+        if self.is_storable() {
+            return Ok(self);
+        }
+        let side = if self.0 < Self::MIN_STORABLE.0 {
+            "before 1970-01-01T00:00:00Z"
+        } else {
+            "after 9999-12-31T23:59:59.999999Z"
+        };
+        Err(Error::new(
+            ErrorKind::Validation,
+            format!(
+                "{what} is {} µs since the Unix epoch, {side}, outside the range every store can hold \
+                 (Timestamp::MIN_STORABLE..=Timestamp::MAX_STORABLE); use a time within it",
+                self.0
+            ),
+        ))
+    }
+
+    /// This time plus `d`, or `None` if the result does not fit in a `Timestamp`.
+    pub fn checked_add(self, d: Duration) -> Option<Self> {
+        let micros = i64::try_from(d.as_micros()).ok()?;
+        self.0.checked_add(micros).map(Timestamp)
+    }
+
+    /// This time minus `d`, or `None` if the result does not fit in a `Timestamp`.
+    pub fn checked_sub(self, d: Duration) -> Option<Self> {
+        let micros = i64::try_from(d.as_micros()).ok()?;
+        self.0.checked_sub(micros).map(Timestamp)
     }
 
     /// This time plus `d`, saturating at the end of time.
@@ -179,6 +238,35 @@ mod tests {
             Timestamp::from_millis(2).saturating_duration_since(Timestamp::from_millis(1)),
             Duration::from_millis(1)
         );
+    }
+
+    #[test]
+    fn checked_arithmetic_never_wraps() {
+        let t = Timestamp::from_micros(10);
+        assert_eq!(t.checked_add(Duration::from_micros(5)), Some(Timestamp::from_micros(15)));
+        assert_eq!(t.checked_sub(Duration::from_micros(15)), Some(Timestamp::from_micros(-5)));
+        assert_eq!(Timestamp::from_micros(i64::MAX).checked_add(Duration::from_micros(1)), None);
+        assert_eq!(Timestamp::from_micros(i64::MIN).checked_sub(Duration::from_micros(1)), None);
+        assert_eq!(t.checked_add(Duration::MAX), None, "a duration beyond i64 micros does not fit");
+        assert_eq!(t.checked_sub(Duration::MAX), None);
+    }
+
+    #[test]
+    fn the_storable_range_is_1970_to_the_end_of_9999() {
+        // 9999-12-31T23:59:59.999999Z: 2,932,896 days after the epoch, minus one microsecond.
+        assert_eq!(Timestamp::MAX_STORABLE.as_micros(), 2_932_897 * 86_400 * 1_000_000 - 1);
+        assert!(Timestamp::MIN_STORABLE.is_storable() && Timestamp::MAX_STORABLE.is_storable());
+        assert!(Timestamp::now().is_storable());
+        assert!(!Timestamp::from_micros(-1).is_storable());
+        assert!(!Timestamp::from_micros(Timestamp::MAX_STORABLE.as_micros() + 1).is_storable());
+        assert!(!Timestamp::from_micros(i64::MAX).is_storable());
+        let err = Timestamp::from_micros(i64::MAX).check_storable("lease_until").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Validation);
+        assert!(err.message().starts_with("lease_until is 9223372036854775807 µs"), "{err}");
+        assert!(err.message().contains("after 9999-12-31T23:59:59.999999Z"), "{err}");
+        let err = Timestamp::from_micros(-5).check_storable("not_before").unwrap_err();
+        assert!(err.message().contains("before 1970-01-01T00:00:00Z"), "{err}");
+        assert_eq!(Timestamp::MAX_STORABLE.check_storable("x").ok(), Some(Timestamp::MAX_STORABLE));
     }
 
     #[test]

@@ -393,21 +393,10 @@ fn check_endpoint_url(url: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// The URL with any `user:password@` replaced by `***@`.
+/// The URL with its credentials and secret-looking query values replaced by `***`, parsed as
+/// [`outbox_core::redact::redact_url`] does (the user information ends at the last `@`).
 pub(crate) fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let redacted = match rest[..authority_end].rfind('@') {
-        Some(at) => format!("***{}", &rest[at..]),
-        None => rest.to_string(),
-    };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{redacted}"),
-        None => redacted,
-    }
+    outbox_core::redact::redact_url(url)
 }
 
 #[cfg(test)]
@@ -456,9 +445,19 @@ mod tests {
             EventBridgeConfig::builder("s").endpoint_url("https://user:secret@proxy.example:8443/x").build().unwrap();
         let debug = format!("{config:?}");
         assert!(!debug.contains("secret"), "{debug}");
-        assert!(debug.contains("https://***@proxy.example:8443/x"), "{debug}");
+        assert!(debug.contains("https://user:***@proxy.example:8443/x"), "{debug}");
         let err = EventBridgeConfig::builder("s").endpoint_url("ftp://user:secret@x").build().unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
         assert_eq!(redact_url("http://127.0.0.1:4566"), "http://127.0.0.1:4566");
+        // A password holding `/` or `?`, and a URL without `//`, were shown before.
+        for url in ["https://user:se/cret@proxy.example/x", "https://user:se?cret@proxy.example", "http:user:secret@h"]
+        {
+            let config = EventBridgeConfig::builder("s").endpoint_url(url).build();
+            let shown = match config {
+                Ok(config) => format!("{config:?}"),
+                Err(e) => format!("{e} {e:?}"),
+            };
+            assert!(!shown.contains("cret"), "{url}: {shown}");
+        }
     }
 }

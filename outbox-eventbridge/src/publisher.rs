@@ -67,7 +67,7 @@ impl EventBridgePublisher {
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|e| classify::request_failure(&e))?;
+            .map_err(|e| self.scrubbed(classify::request_failure(&e)))?;
         let results = output.entries();
         if results.len() != sent {
             let message = format!(
@@ -78,6 +78,20 @@ impl EventBridgePublisher {
             return Ok((0..sent).map(|_| retryable(ErrorKind::Unexpected, &message)).collect());
         }
         Ok(results.iter().map(classify::result_entry).collect())
+    }
+}
+
+impl EventBridgePublisher {
+    /// `error` with every secret part of the configured endpoint URL removed from its message
+    /// (the SDK's text may quote the endpoint).
+    fn scrubbed(&self, error: Error) -> Error {
+        let Some(url) = &self.config.endpoint_url else { return error };
+        let scrubbed = outbox_core::redact::scrub(error.message(), url);
+        if scrubbed == error.message() {
+            error
+        } else {
+            Error::new(error.kind(), scrubbed).with_retryable(error.is_retryable())
+        }
     }
 }
 

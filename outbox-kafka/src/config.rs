@@ -96,15 +96,29 @@ impl From<ConfigError> for Error {
     }
 }
 
-/// Whether an option's value is a secret that must never be shown.
+/// librdkafka's default `message.max.bytes`: 1,000,000 bytes (not 1 MiB).
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Whether an option's value is a secret that must never be shown: its name contains
+/// `password`, `secret`, `token`, `key`, `credential`, `oauth`, `jaas`, ... in any case,
+/// misspelled or not (see [`outbox_core::redact::is_secret_name`]).
 pub(crate) fn is_secret(option: &str) -> bool {
-    let option = option.to_ascii_lowercase();
-    ["password", "secret", "jaas", "token", "credential"].iter().any(|word| option.contains(word))
-        || option == "ssl.key.pem"
-        || option == "ssl_key"
+    outbox_core::redact::is_secret_name(option)
 }
 
 const REDACTED: &str = "<redacted>";
+
+/// How an option's value may be shown: secrets redacted, and a `bootstrap.servers` entry written
+/// as a URL with credentials (`sasl_ssl://user:password@host:9092`) shown with them redacted.
+fn shown_value<'a>(option: &str, value: &'a str) -> std::borrow::Cow<'a, str> {
+    if is_secret(option) {
+        REDACTED.into()
+    } else if value.contains('@') {
+        value.split(',').map(outbox_core::redact::redact_url).collect::<Vec<_>>().join(",").into()
+    } else {
+        value.into()
+    }
+}
 
 /// How to reach Kafka and how to turn entries into messages.
 ///
@@ -171,6 +185,46 @@ impl KafkaConfig {
         self
     }
 
+    /// The producer's `message.max.bytes`: the configured value, or librdkafka's default
+    /// [`DEFAULT_MESSAGE_MAX_BYTES`] (1,000,000). Every entry is checked against it before it is
+    /// sent (see [`KafkaPublisher`](crate::KafkaPublisher)).
+    pub fn message_max_bytes(&self) -> usize {
+        self.get("message.max.bytes").and_then(|v| v.trim().parse().ok()).unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+
+    /// The values of the secret options, for scrubbing driver messages.
+    fn secret_values(&self) -> Vec<&str> {
+        let mut values: Vec<&str> = self
+            .options
+            .iter()
+            .filter(|(k, _)| is_secret(k))
+            .flat_map(|(_, v)| {
+                // A structured value (`sasl.oauthbearer.config`: `principal=x clientSecret=y`,
+                // `sasl.jaas.config`) is scrubbed whole and piece by piece.
+                std::iter::once(v.as_str()).chain(v.split([' ', ',', ';', '=', '"', '\'']))
+            })
+            .filter(|v| v.len() >= 3)
+            .collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        values
+    }
+
+    /// `text` with every secret option value (and every URL credential of `bootstrap.servers`)
+    /// replaced by `<redacted>`.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for value in self.secret_values() {
+            text = text.replace(value, REDACTED);
+        }
+        if let Some(servers) = self.get("bootstrap.servers") {
+            for server in servers.split(',') {
+                text = outbox_core::redact::scrub(&text, server);
+            }
+        }
+        text
+    }
+
     /// The librdkafka configuration these options make.
     pub(crate) fn client_config(&self) -> Result<ClientConfig, ConfigError> {
         if self.get("bootstrap.servers").is_none_or(|s| s.trim().is_empty()) {
@@ -184,22 +238,24 @@ impl KafkaConfig {
     }
 }
 
-/// Describes a librdkafka error from creating a client without revealing secret values.
-pub(crate) fn describe_client_error(e: &KafkaError) -> String {
-    match e {
+/// Describes a librdkafka error from creating a client without revealing secret values: a
+/// secret option's description is left out (librdkafka may quote the value), and any secret
+/// value that still appears in the text is replaced.
+pub(crate) fn describe_client_error(e: &KafkaError, config: &KafkaConfig) -> String {
+    let text = match e {
         KafkaError::ClientConfig(_, _, option, _) if is_secret(option) => {
-            // librdkafka's description may quote the value: leave it out.
-            format!("option `{option}` has an invalid value")
+            format!("option `{option}` has an invalid value (not shown: the option holds a secret)")
         }
         KafkaError::ClientConfig(_, description, option, _) => format!("option `{option}`: {description}"),
         other => other.to_string(),
-    }
+    };
+    config.scrub(&text)
 }
 
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let options: BTreeMap<&str, &str> =
-            self.options.iter().map(|(k, v)| (k.as_str(), if is_secret(k) { REDACTED } else { v.as_str() })).collect();
+        let options: BTreeMap<&str, std::borrow::Cow<'_, str>> =
+            self.options.iter().map(|(k, v)| (k.as_str(), shown_value(k, v))).collect();
         f.debug_struct("KafkaConfig")
             .field("options", &options)
             .field("routing", &self.routing)
@@ -257,8 +313,13 @@ mod tests {
             "sasl.password".to_string(),
             "hunter2".to_string(),
         );
-        let shown = describe_client_error(&e);
+        let config = KafkaConfig::new("k:9092", Routing::by_event_type()).set("sasl.password", "hunter2");
+        let shown = describe_client_error(&e, &config);
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("sasl.password"), "{shown}");
+        // Whatever the error, a secret value quoted in its text is replaced.
+        let e = KafkaError::ClientCreation("bad config near \"hunter2\"".to_string());
+        let shown = describe_client_error(&e, &config);
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
     }
 }

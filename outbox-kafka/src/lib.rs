@@ -17,7 +17,7 @@
 //!   report is awaited and classified, retryable or permanent (table below). A bad entry (too
 //!   large, invalid topic name) fails alone.
 //! - **Any librdkafka option** passes through [`KafkaConfig::set`] (SASL, TLS, compression,
-//!   `linger.ms`, ...); `Debug` redacts secrets.
+//!   `linger.ms`, ...); `Debug` and errors never show secrets ([Secrets](#secrets)).
 //!
 //! ## Example
 //! ```no_run
@@ -46,7 +46,8 @@
 //!
 //! | librdkafka / broker error | kind | verdict |
 //! |---|---|---|
-//! | message too large (`MSG_SIZE_TOO_LARGE` from `message.max.bytes` or the broker, `INVALID_MSG_SIZE`, `MESSAGE_BATCH_TOO_LARGE`) | `TooLarge` | permanent |
+//! | larger than the producer's `message.max.bytes` (checked before sending, see [Size limits](#size-limits)) | `TooLarge` | permanent, not sent |
+//! | message too large at the broker (`MSG_SIZE_TOO_LARGE`, `INVALID_MSG_SIZE`, `MESSAGE_BATCH_TOO_LARGE`) | `TooLarge` | permanent |
 //! | a routed topic name that breaks Kafka's rules (checked before sending) | `Rejected` | permanent |
 //! | `INVALID_TOPIC_EXCEPTION`, `TOPIC_AUTHORIZATION_FAILED`, `CLUSTER_AUTHORIZATION_FAILED`, `INVALID_RECORD`, `INVALID_TIMESTAMP`, `POLICY_VIOLATION`, `UNSUPPORTED_COMPRESSION_TYPE`, local invalid argument | `Rejected` | permanent |
 //! | missing topic (`UNKNOWN_TOPIC_OR_PART`, local `_UNKNOWN_TOPIC`) | `Rejected` | retryable, bounded by the relay's retry policy |
@@ -64,6 +65,25 @@
 //! When librdkafka's queue is full, a send waits for the batch's oldest delivery report (or
 //! sleeps briefly when another batch filled the queue) and tries again, for up to
 //! [`QUEUE_FULL_WAIT`]; only then does it fail.
+//!
+//! ## Size limits
+//! Kafka limits a whole message, not its payload: librdkafka counts the key, the value, every
+//! header's name and value, and up to 36 bytes of record overhead against the producer's
+//! `message.max.bytes`, **1,000,000 bytes by default** (not 1 MiB; see
+//! [`KafkaConfig::message_max_bytes`]). The publisher computes that size for each entry before
+//! sending, exactly as librdkafka does, and fails an entry that can never fit, permanently
+//! ([`TooLarge`](outbox_core::ErrorKind::TooLarge)), without sending it; the later entries of
+//! its aggregate in the batch are held back. The outbox's own default payload limit
+//! (`Limits::max_payload_len`, 1 MiB) is above Kafka's, so set `message.max.bytes` (and the
+//! topic's `max.message.bytes`, broker default 1,048,588, which applies to the compressed
+//! batch) when entries are that large, or lower the outbox's limit.
+//!
+//! ## Secrets
+//! `Debug` of [`KafkaConfig`] and [`KafkaPublisher`] shows every option whose name looks secret
+//! (`password`, `secret`, `token`, `key`, `credential`, `oauth`, `jaas`, ..., in any case and
+//! misspelled or not, e.g. `sasl.pasword`, so `sasl.oauthbearer.config` is hidden whole) as
+//! `<redacted>`, and credentials in `bootstrap.servers` URLs redacted. [`ConfigError`]s never
+//! quote a secret option's value: librdkafka's text is scrubbed of them.
 //!
 //! ## Build
 //! rdkafka's bundled librdkafka (2.12) is compiled with its own `configure` and `make` (no
@@ -99,7 +119,7 @@ pub mod headers;
 mod publisher;
 mod routing;
 
-pub use config::{ConfigError, DEFAULT_OPTIONS, KafkaConfig, Key, KeyFn};
+pub use config::{ConfigError, DEFAULT_MESSAGE_MAX_BYTES, DEFAULT_OPTIONS, KafkaConfig, Key, KeyFn};
 pub use publisher::{KafkaPublisher, QUEUE_FULL_WAIT};
 pub use routing::{MAX_TOPIC_LEN, Routing, TopicFn, validate_topic};
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use outbox_core::{DeliveryTimeout, Entry, Error, ErrorKind, Outcome, Publisher, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers as _, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
@@ -120,10 +121,16 @@ impl KafkaPublisher {
                 }
             };
             let key = message_key(&config.key, entry);
-            let mut record = FutureRecord::to(&topic)
-                .key(key.as_ref())
-                .payload(entry.payload.as_bytes())
-                .headers(headers::for_entry(entry));
+            let message_headers = headers::for_entry(entry);
+            let size = wire_size(key.len(), entry.payload.len(), &message_headers);
+            let limit = config.message_max_bytes();
+            if size > limit {
+                held.insert(aggregate);
+                outcomes[index] = Some(Outcome::Failed(too_large(entry, size, key.len(), limit)));
+                continue;
+            }
+            let mut record =
+                FutureRecord::to(&topic).key(key.as_ref()).payload(entry.payload.as_bytes()).headers(message_headers);
             let mut waited_since: Option<Instant> = None;
             loop {
                 match producer.send_result(record) {
@@ -216,6 +223,50 @@ fn is_fatal(e: &KafkaError) -> bool {
     e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
 }
 
+/// The most bytes librdkafka adds to a message's key, value and headers when it checks
+/// `message.max.bytes`: the largest varint encodings of a v2 record's length, attributes,
+/// timestamp delta, offset delta, key length, value length and header count
+/// (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`).
+const RECORD_OVERHEAD: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+
+/// The bytes of a zigzag varint encoding `n`, as a v2 record writes lengths.
+fn varint_len(n: usize) -> usize {
+    let mut zigzag = (n as u64) << 1;
+    let mut len = 1;
+    while zigzag >= 0x80 {
+        zigzag >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// The size librdkafka counts for a message against `message.max.bytes`: the record overhead,
+/// the key and value, and each header's name and value with their varint lengths.
+pub(crate) fn wire_size(key_len: usize, value_len: usize, headers: &OwnedHeaders) -> usize {
+    let headers: usize = headers
+        .iter()
+        .map(|h| {
+            let value = h.value.map_or(0, <[u8]>::len);
+            varint_len(h.key.len()) + h.key.len() + varint_len(value) + value
+        })
+        .sum();
+    RECORD_OVERHEAD + key_len + value_len + headers
+}
+
+fn too_large(entry: &Entry, size: usize, key_len: usize, limit: usize) -> Error {
+    Error::new(
+        ErrorKind::TooLarge,
+        format!(
+            "entry {} was not sent: as a Kafka message it is {size} bytes (payload {}, key {key_len}, headers and \
+             record overhead the rest), over the producer's `message.max.bytes` of {limit} (librdkafka's default is \
+             1,000,000); send a smaller payload (or a reference to it), or raise `message.max.bytes` together with \
+             the topic's `max.message.bytes`",
+            entry.id,
+            entry.payload.len()
+        ),
+    )
+}
+
 fn held_back(entry: &Entry) -> Error {
     Error::new(
         ErrorKind::Conflict,
@@ -235,7 +286,7 @@ fn message_key<'a>(key: &Key, entry: &'a Entry) -> Cow<'a, [u8]> {
 }
 
 fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, ConfigError> {
-    config.client_config()?.create().map_err(|e| ConfigError::Rejected(describe_client_error(&e)))
+    config.client_config()?.create().map_err(|e| ConfigError::Rejected(describe_client_error(&e, config)))
 }
 
 impl Publisher for KafkaPublisher {
@@ -272,7 +323,70 @@ impl fmt::Debug for KafkaPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Routing;
     use outbox_core::{NewEntry, Timestamp};
+
+    /// An entry whose message is exactly `size` bytes as librdkafka counts it.
+    fn entry_of_size(size: usize) -> Entry {
+        let build = |payload_len: usize| {
+            let new = NewEntry::builder("order", "o-42", "order.placed")
+                .payload(vec![b'x'; payload_len], "application/octet-stream")
+                .header("x-tenant", "acme")
+                .build()
+                .unwrap();
+            Entry::from_new(new, 7, Timestamp::from_millis(0))
+        };
+        let measure = |e: &Entry| wire_size(e.aggregate_id.len(), e.payload.len(), &headers::for_entry(e));
+        let base = measure(&build(0));
+        let entry = build(size - base);
+        assert_eq!(measure(&entry), size);
+        entry
+    }
+
+    #[test]
+    fn the_size_check_agrees_with_librdkafka_to_the_byte() {
+        // librdkafka checks message.max.bytes when a message is enqueued, before any broker is
+        // contacted: no server is needed to compare.
+        let limit = 2_000;
+        let config = KafkaConfig::new("127.0.0.1:1", Routing::topic("sizes").unwrap())
+            .set("message.max.bytes", limit.to_string())
+            .set("message.timeout.ms", "1000");
+        let producer = create_producer(&config).unwrap();
+        for (size, fits) in [(limit, true), (limit + 1, false)] {
+            let entry = entry_of_size(size);
+            let record = FutureRecord::to("sizes")
+                .key(entry.aggregate_id.as_bytes())
+                .payload(entry.payload.as_bytes())
+                .headers(headers::for_entry(&entry));
+            match producer.send_result(record) {
+                Ok(_) => assert!(fits, "librdkafka took {size} bytes over {limit}"),
+                Err((e, _)) => {
+                    assert!(!fits, "librdkafka refused {size} bytes at {limit}: {e}");
+                    assert_eq!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge));
+                }
+            }
+        }
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    #[tokio::test]
+    async fn an_entry_over_message_max_bytes_fails_before_sending() {
+        // Nothing listens on port 1: an entry that were sent would time out, not fail at once.
+        let config = KafkaConfig::new("127.0.0.1:1", Routing::topic("sizes").unwrap());
+        assert_eq!(config.message_max_bytes(), 1_000_000, "librdkafka's default");
+        let publisher = KafkaPublisher::new(config).unwrap();
+        // The outbox's default payload limit (1 MiB) lets through entries Kafka refuses.
+        let new = NewEntry::builder("order", "o-42", "order.placed")
+            .payload(vec![b'x'; 1_000_000], "application/octet-stream")
+            .build()
+            .unwrap();
+        let entry = Entry::from_new(new, 1, Timestamp::from_millis(0));
+        let outcomes = publisher.publish(&[entry]).await.unwrap();
+        let Outcome::Failed(e) = &outcomes[0] else { panic!("sent: {outcomes:?}") };
+        assert_eq!((e.kind(), e.is_retryable()), (ErrorKind::TooLarge, false), "{e}");
+        assert!(e.message().contains("over the producer's `message.max.bytes` of 1000000"), "{e}");
+        assert!(e.message().contains("payload 1000000, key 4"), "{e}");
+    }
 
     #[test]
     fn the_delivery_timeout_is_message_timeout_ms() {

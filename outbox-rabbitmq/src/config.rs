@@ -12,11 +12,19 @@ use outbox_core::Entry;
 /// The longest AMQP short string (exchange names, routing keys, header names, property values).
 pub const MAX_SHORT_STRING: usize = 255;
 
+/// The default [`max_message_size`](RabbitMqConfigBuilder::max_message_size): 16 MiB
+/// (16,777,216 bytes), RabbitMQ 4.x's default `max_message_size`.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// The largest `max_message_size` RabbitMQ accepts: 512 MiB (536,870,912 bytes).
+pub const MAX_MESSAGE_SIZE_LIMIT: usize = 512 * 1024 * 1024;
+
 /// A configuration value was rejected by [`RabbitMqConfigBuilder::build`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The connection URL could not be parsed. The URL is shown with its password redacted.
+    /// The connection URL could not be parsed. The URL is shown with its password redacted (see
+    /// [`outbox_core::redact::redact_url`]), and the reason never quotes a secret part of it.
     #[error("invalid RabbitMQ URL `{url}`: {reason}; expected e.g. amqp://user:password@127.0.0.1:5672/%2f")]
     Url {
         /// The URL, password redacted.
@@ -155,6 +163,7 @@ pub struct RabbitMqConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) connection_name: Option<String>,
     pub(crate) app_id: Option<String>,
+    pub(crate) max_message_size: usize,
 }
 
 impl RabbitMqConfig {
@@ -175,11 +184,18 @@ impl RabbitMqConfig {
                 connect_timeout: Duration::from_secs(10),
                 connection_name: None,
                 app_id: None,
+                max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             },
         }
     }
 
-    /// The URL with its password replaced by `***`, safe to log.
+    /// The largest payload sent; larger entries fail permanently before sending.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// The URL with its password (and any secret-looking query value) replaced by `***`, safe
+    /// to log.
     pub fn redacted_url(&self) -> &str {
         &self.redacted_url
     }
@@ -228,6 +244,7 @@ impl fmt::Debug for RabbitMqConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("connection_name", &self.connection_name)
             .field("app_id", &self.app_id)
+            .field("max_message_size", &self.max_message_size)
             .finish()
     }
 }
@@ -289,6 +306,16 @@ impl RabbitMqConfigBuilder {
         self
     }
 
+    /// The largest message body (payload) the broker takes, in bytes: set it to the broker's
+    /// `max_message_size` (default [`DEFAULT_MAX_MESSAGE_SIZE`], 16 MiB, RabbitMQ 4.x's default;
+    /// RabbitMQ 3.8 to 3.13 default to 128 MiB; at most [`MAX_MESSAGE_SIZE_LIMIT`]). A larger
+    /// entry fails alone and permanently before it is sent: sent, it would make the broker close
+    /// the channel and fail the whole batch.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+
     /// The `app_id` property set on every message.
     pub fn app_id(mut self, app_id: impl Into<String>) -> Self {
         self.config.app_id = Some(app_id.into());
@@ -313,18 +340,40 @@ impl RabbitMqConfigBuilder {
         if config.connect_timeout.is_zero() {
             return Err(ConfigError::Setting { setting: "connect_timeout", reason: "must be above zero".into() });
         }
+        if config.max_message_size == 0 || config.max_message_size > MAX_MESSAGE_SIZE_LIMIT {
+            return Err(ConfigError::Setting {
+                setting: "max_message_size",
+                reason: format!(
+                    "is {}; it must be between 1 and {MAX_MESSAGE_SIZE_LIMIT} bytes (RabbitMQ's own maximum): set it to \
+                     the broker's max_message_size",
+                    config.max_message_size
+                ),
+            });
+        }
         Ok(config)
     }
 }
 
 fn check_url(url: &str, redacted: &str) -> Result<(), ConfigError> {
     let err = |reason: String| ConfigError::Url { url: redacted.to_string(), reason };
-    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(err("it does not start with amqp:// (or amqps://)".into()));
+    };
     // amqps is accepted: it needs one of lapin's TLS features enabled by the application.
-    if !matches!(scheme.as_deref(), Some("amqp" | "amqps")) {
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "amqp" | "amqps") {
         return Err(err("the scheme must be amqp:// (or amqps:// with a lapin TLS feature)".into()));
     }
-    url.parse::<lapin::uri::AMQPUri>().map(drop).map_err(|reason| err(reason.replace(url, redacted)))
+    // The host follows the user information, which ends at the last `@` (a password may hold
+    // `/`, `?` or `#`).
+    let location = rest.rsplit_once('@').map_or(rest, |(_, location)| location);
+    let host = match location.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').map_or(bracketed, |(host, _)| host),
+        None => location.split([':', '/', '?', '#']).next().unwrap_or(""),
+    };
+    if host.is_empty() {
+        return Err(err("it names no host; give the broker's, e.g. amqp://user:password@127.0.0.1:5672/%2f".into()));
+    }
+    url.parse::<lapin::uri::AMQPUri>().map(drop).map_err(|reason| err(outbox_core::redact::scrub(&reason, url)))
 }
 
 fn check_exchange(name: &str) -> Result<(), ConfigError> {
@@ -347,17 +396,10 @@ pub(crate) fn check_short_string(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Replaces the password of `scheme://user:password@host/...` with `***`.
+/// The URL with its secrets replaced by `***`, parsed as [`outbox_core::redact::redact_url`]
+/// does (the password ends at the last `@`).
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some(at) = authority.rfind('@') else { return url.to_string() };
-    let (userinfo, host) = authority.split_at(at);
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{host}{path}"),
-        None => url.to_string(),
-    }
+    outbox_core::redact::redact_url(url)
 }
 
 #[cfg(test)]
@@ -370,7 +412,7 @@ mod tests {
     fn redacts_passwords_only() {
         assert_eq!(redact_url(URL), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(redact_url("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
-        assert_eq!(redact_url("amqp://user@host"), "amqp://user@host");
+        assert_eq!(redact_url("amqp://user@host"), "amqp://***@host");
         assert_eq!(redact_url("amqp://u:p@ss@host/v?heartbeat=5"), "amqp://u:***@host/v?heartbeat=5");
     }
 

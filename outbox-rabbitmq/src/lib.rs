@@ -46,7 +46,8 @@
 //! |---|---|
 //! | broker ack | `Published` |
 //! | ack with the message returned (`mandatory`, no queue bound: 312 NO_ROUTE) | failed, [`Rejected`](outbox_core::ErrorKind::Rejected), **permanent**: retrying cannot create a binding; the error names the exchange and routing key |
-//! | routing key, header name or property over 255 bytes | failed, [`Validation`](outbox_core::ErrorKind::Validation), permanent, that entry alone |
+//! | routing key, header name or property over 255 bytes | failed, [`Validation`](outbox_core::ErrorKind::Validation), permanent, that entry alone, not sent |
+//! | payload over [`max_message_size`](RabbitMqConfigBuilder::max_message_size) (default 16 MiB), or properties and headers over the connection's `frame_max` (RabbitMQ default 131,072 bytes) | failed, [`TooLarge`](outbox_core::ErrorKind::TooLarge), permanent, that entry alone, not sent (see [`message`](message#size-limits)) |
 //! | broker nack (e.g. a full queue with `x-overflow=reject-publish`) | failed, [`Unavailable`](outbox_core::ErrorKind::Unavailable), retryable, outage |
 //! | connection or channel lost before the confirm (broker restart, `rabbitmqctl close_connection`, channel error) | failed, retryable, outage; later entries of the batch too; the next batch reconnects |
 //! | no confirm within `confirm_timeout` | failed, [`Timeout`](outbox_core::ErrorKind::Timeout), retryable, outage; the connection is replaced |
@@ -55,7 +56,7 @@
 //! An **outage** ([`Error::is_outage`](outbox_core::Error::is_outage)) says nothing about the
 //! entry: the relay releases it without counting an attempt and pauses with a bounded back-off
 //! until the broker answers, so entries wait for the broker or the operator instead of dying.
-//! Only the failures of an entry itself (unroutable, invalid) count attempts.
+//! Only the failures of an entry itself (unroutable, invalid, too large) count attempts.
 //!
 //! Returned messages are matched to entries by `message_id` (the entry id), not by the confirm
 //! lapin attaches them to: lapin 4 hands a returned message to the next confirm it completes,
@@ -64,6 +65,12 @@
 //!
 //! Delivery is at least once: an entry whose confirm was lost may have reached its queue, and
 //! will be sent again; consumers de-duplicate by `message_id`.
+//!
+//! ## Secrets
+//! The URL's password is never shown: `Debug`, [`RabbitMqConfig::redacted_url`], configuration
+//! errors and connection errors print the URL as [`outbox_core::redact::redact_url`] redacts it
+//! (the user information ends at the last `@`, so passwords holding `/`, `?`, `#` or `@` stay
+//! hidden), and driver messages are scrubbed of every secret part of the URL.
 //!
 //! ## Order
 //! One channel carries a batch, in batch order, and RabbitMQ keeps the order of one channel's
@@ -86,7 +93,10 @@ mod config;
 pub mod message;
 mod publisher;
 
-pub use config::{ConfigError, ExchangeType, MAX_SHORT_STRING, RabbitMqConfig, RabbitMqConfigBuilder, Routing};
+pub use config::{
+    ConfigError, DEFAULT_MAX_MESSAGE_SIZE, ExchangeType, MAX_MESSAGE_SIZE_LIMIT, MAX_SHORT_STRING, RabbitMqConfig,
+    RabbitMqConfigBuilder, Routing,
+};
 pub use publisher::RabbitMqPublisher;
 
 /// The lapin crate this adapter is built on, for consumers and tests that need its types.

@@ -161,16 +161,15 @@ impl RabbitMqPublisher {
             } else {
                 "is the broker running and reachable?"
             };
-            classify(e, &format!("connecting to RabbitMQ at {url} failed; {hint}"))
+            classify(e, &format!("connecting to RabbitMQ at {url} failed; {hint}"), &self.config.url)
         })?;
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| classify(e, &format!("opening a channel on RabbitMQ at {url} failed")))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| classify(e, &format!("enabling publisher confirms on RabbitMQ at {url} failed")))?;
+            .map_err(|e| classify(e, &format!("opening a channel on RabbitMQ at {url} failed"), &self.config.url))?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| {
+            classify(e, &format!("enabling publisher confirms on RabbitMQ at {url} failed"), &self.config.url)
+        })?;
         let exchange = &self.config.exchange;
         if !exchange.is_empty() {
             let (options, what) = match self.config.exchange_setup {
@@ -194,6 +193,7 @@ impl RabbitMqPublisher {
                         &format!(
                             "{what} `{exchange}` on RabbitMQ at {url} failed; create the exchange (or configure declare_exchange)"
                         ),
+                        &self.config.url,
                     )
                 },
             )?;
@@ -208,6 +208,7 @@ impl RabbitMqPublisher {
         let mut state = self.state.lock().await;
         let link = self.ensure_link(&mut state).await?;
         let channel = link.channel.clone();
+        let frame_max = link.connection.configuration().frame_max();
         state.in_flight = true;
 
         let deadline = Instant::now() + self.config.confirm_timeout;
@@ -222,7 +223,7 @@ impl RabbitMqPublisher {
         //    The order tests (conformance suite, `one_aggregate_keeps_its_order`) guard this.
         let mut sent: Vec<Sent<'_>> = batch
             .iter()
-            .map(|entry| match message(entry, &self.config) {
+            .map(|entry| match message(entry, &self.config, frame_max) {
                 Ok(msg) => Sent::Writing(Box::pin(channel.basic_publish(
                     exchange.clone(),
                     msg.routing_key,
@@ -265,8 +266,11 @@ impl RabbitMqPublisher {
                 Ok(confirm) => Sent::Pending(confirm),
                 Err(e) => {
                     broken = true;
-                    let e =
-                        classify(e, &format!("publishing entry {} to RabbitMQ failed; it will be retried", entry.id));
+                    let e = classify(
+                        e,
+                        &format!("publishing entry {} to RabbitMQ failed; it will be retried", entry.id),
+                        &self.config.url,
+                    );
                     Sent::Done(Outcome::Failed(e))
                 }
             };
@@ -309,6 +313,7 @@ impl RabbitMqPublisher {
                                 "the RabbitMQ connection or channel failed before entry {} was confirmed; it will be retried (it may have reached the broker: consumers de-duplicate by message_id)",
                                 entry.id
                             ),
+                            &self.config.url,
                         )))
                     }
                     Err(_) => {
@@ -437,10 +442,24 @@ fn is_access_refused(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)))
 }
 
+/// A driver error's text with every secret part of the connection URL removed, kept as the
+/// source of an outbox error.
+#[derive(Debug)]
+struct Scrubbed(String);
+
+impl fmt::Display for Scrubbed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Scrubbed {}
+
 /// Maps a lapin error. Connection and channel failures are always retryable outages
 /// ([`Error::is_outage`]): they say nothing about the entry, and an entry must not spend its
 /// attempts, let alone die, because the broker was down or misconfigured.
-fn classify(e: lapin::Error, context: &str) -> Error {
+/// The driver's text is scrubbed of the URL's secrets (see [`outbox_core::redact::scrub`]).
+fn classify(e: lapin::Error, context: &str, url: &str) -> Error {
     let kind = match e.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
             AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND | AMQPSoftError::ACCESSREFUSED) => ErrorKind::Config,
@@ -449,7 +468,10 @@ fn classify(e: lapin::Error, context: &str) -> Error {
         lapin::ErrorKind::MissingHeartbeatError => ErrorKind::Timeout,
         _ => ErrorKind::Unavailable,
     };
-    Error::new(kind, context).with_retryable(true).with_outage(true).with_source(e)
+    Error::new(kind, context)
+        .with_retryable(true)
+        .with_outage(true)
+        .with_source(Scrubbed(outbox_core::redact::scrub(&e.to_string(), url)))
 }
 
 impl Publisher for RabbitMqPublisher {
