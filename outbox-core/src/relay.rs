@@ -13,6 +13,7 @@ use crate::entry::Entry;
 use crate::error::{Error, ErrorKind, Result};
 use crate::publisher::{Outcome, Publisher};
 use crate::retry::{ExponentialBackoff, RetryDecision, RetryPolicy};
+use crate::span::BatchSpan;
 use crate::store::{ClaimRequest, Completion, Dead, DeadPolicy, Retry, Store};
 use crate::time::{Clock, SystemClock, Timer, Timestamp};
 
@@ -362,21 +363,22 @@ impl<S: Store, P: Publisher> Relay<S, P> {
         if batch.is_empty() {
             return Ok(None);
         }
-        self.observe(&RelayEvent::Claimed { entries: batch.len(), took: claim_took });
+        let span = BatchSpan::start(&config.relay_id, batch.len(), claim_took);
+        span.in_scope(|| self.observe(&RelayEvent::Claimed { entries: batch.len(), took: claim_took }));
 
         let publish_started = Instant::now();
-        let outcomes = self.publish(&batch).await;
+        let outcomes = span.run(self.publish(&batch)).await;
         let publish_took = publish_started.elapsed();
 
         let (completion, fates) = self.completion(holder, &batch, outcomes);
-        Ok(Some(Published { batch, completion, fates, claim_took, publish_took }))
+        Ok(Some(Published { batch, completion, fates, claim_took, publish_took, span }))
     }
 
     /// The second half of a batch: records its completion in the store, then reports it.
     async fn finish(&self, published: Published) -> Result<BatchReport> {
-        let Published { batch, completion, fates, claim_took, publish_took } = published;
+        let Published { batch, completion, fates, claim_took, publish_took, span } = published;
         let complete_started = Instant::now();
-        self.complete(&completion).await?;
+        span.run(self.complete(&completion)).await?;
         let complete_took = complete_started.elapsed();
 
         let report = BatchReport {
@@ -386,12 +388,15 @@ impl<S: Store, P: Publisher> Relay<S, P> {
             dead: completion.dead.len(),
             released: completion.released.len(),
         };
-        self.report(&batch, completion.now, &fates);
-        self.observe(&RelayEvent::BatchCompleted {
-            report,
-            claim: claim_took,
-            publish: publish_took,
-            complete: complete_took,
+        span.record(&report, publish_took, complete_took);
+        span.in_scope(|| {
+            self.report(&batch, completion.now, &fates);
+            self.observe(&RelayEvent::BatchCompleted {
+                report,
+                claim: claim_took,
+                publish: publish_took,
+                complete: complete_took,
+            });
         });
         Ok(report)
     }
@@ -642,6 +647,8 @@ struct Published {
     fates: Vec<Fate>,
     claim_took: Duration,
     publish_took: Duration,
+    /// The batch's span (a no-op without the `tracing` feature).
+    span: BatchSpan,
 }
 
 /// What became of one entry of a batch.
