@@ -78,7 +78,16 @@ pub use context::TraceContextExt;
 pub use log::TracingObserver;
 #[cfg(feature = "metrics")]
 pub use metrics::{MetricsObserver, StatsGauges};
+/// The OpenTelemetry API crate this one is built on (its `Context` is what [`context`] returns).
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub use opentelemetry;
 pub use redact::scrub;
+/// The `tracing-opentelemetry` crate this one is built on (`OpenTelemetrySpanExt::set_parent`
+/// makes an extracted context a consumer span's parent).
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub use tracing_opentelemetry;
 
 /// The relay [`Observer`] with everything the enabled features offer: logs ([`TracingObserver`])
 /// and metrics ([`MetricsObserver`]).
