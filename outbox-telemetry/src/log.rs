@@ -47,7 +47,7 @@ impl TracingObserver {
             tracing::error!(
                 target: "outbox",
                 failures,
-                error.kind = error.kind().as_str(),
+                error.kind = crate::send::error_type(error.kind()),
                 retryable = error.is_retryable(),
                 error = %message,
                 "outbox store failed; the relay retries with back-off and logs again when it works: {}",
@@ -57,7 +57,7 @@ impl TracingObserver {
             tracing::debug!(
                 target: "outbox",
                 failures,
-                error.kind = error.kind().as_str(),
+                error.kind = crate::send::error_type(error.kind()),
                 retryable = error.is_retryable(),
                 error = %message,
                 "outbox store still failing"
@@ -91,7 +91,7 @@ impl Observer for TracingObserver {
                     event_type = entry.event_type.as_str(),
                     attempt,
                     next_attempt_at = %rfc3339(*at),
-                    error.kind = error.kind().as_str(),
+                    error.kind = crate::send::error_type(error.kind()),
                     error = %scrub(error.message()),
                     "publish failed; will retry"
                 );
@@ -104,7 +104,7 @@ impl Observer for TracingObserver {
                     aggregate_id = entry.aggregate_id.as_str(),
                     event_type = entry.event_type.as_str(),
                     attempts,
-                    error.kind = error.kind().as_str(),
+                    error.kind = crate::send::error_type(error.kind()),
                     error = %scrub(error.message()),
                     "entry dead-lettered: it waits for an operator (Maintenance::requeue_dead)"
                 );
