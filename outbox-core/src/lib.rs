@@ -117,6 +117,10 @@
 //! ## Features
 //! - `tokio`: `time::TokioTimer`, used by [`Relay::run`] by default.
 //! - `testkit`: the conformance suites (`testkit`).
+//! - `tracing`: a `tracing` span per relay batch (`outbox.batch`, with its counts and timings),
+//!   around the publish and the completion, so a publisher's send span and the observer's events
+//!   are its children. Logs, metrics and W3C trace propagation are in the `outbox-telemetry`
+//!   crate, which enables this feature.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod entry;
@@ -126,6 +130,7 @@ pub mod publisher;
 pub mod redact;
 pub mod relay;
 pub mod retry;
+mod span;
 pub mod status;
 pub mod store;
 pub mod time;

@@ -14,6 +14,7 @@ use crate::entry::Entry;
 use crate::error::{Error, ErrorKind, Result};
 use crate::publisher::{DeliveryTimeout, Outcome, Publisher};
 use crate::retry::{ExponentialBackoff, RetryDecision, RetryPolicy};
+use crate::span::BatchSpan;
 use crate::store::{ClaimRequest, Completion, Dead, DeadPolicy, Retry, Store};
 use crate::time::{Clock, SystemClock, Timer, Timestamp};
 
@@ -532,15 +533,16 @@ impl<S: Store, P: Publisher> Relay<S, P> {
         if batch.is_empty() {
             return Ok(None);
         }
-        self.observe(&RelayEvent::Claimed { entries: batch.len(), took: claim_took });
+        let span = BatchSpan::start(&config.relay_id, batch.len(), claim_took);
+        span.in_scope(|| self.observe(&RelayEvent::Claimed { entries: batch.len(), took: claim_took }));
 
         let publish_started = Instant::now();
-        let outcomes = self.publish(&batch, request.lease_until).await;
+        let outcomes = span.run(self.publish(&batch, request.lease_until)).await;
         let publish_took = publish_started.elapsed();
 
         let (completion, fates, outage) = self.completion(holder, &batch, outcomes);
         let pause = self.note_outage(outage.as_ref());
-        Ok(Some(Published { batch, completion, fates, claim_took, publish_took, pause }))
+        Ok(Some(Published { batch, completion, fates, claim_took, publish_took, pause, span }))
     }
 
     /// Keeps track of outages: returns the pause before the next publish when this one hit an
@@ -583,9 +585,9 @@ impl<S: Store, P: Publisher> Relay<S, P> {
 
     /// The second half of a batch: records its completion in the store, then reports it.
     async fn finish(&self, published: Published) -> Result<BatchReport> {
-        let Published { batch, completion, fates, claim_took, publish_took, pause: _ } = published;
+        let Published { batch, completion, fates, claim_took, publish_took, pause: _, span } = published;
         let complete_started = Instant::now();
-        self.complete(&completion).await?;
+        span.run(self.complete(&completion)).await?;
         let complete_took = complete_started.elapsed();
 
         let report = BatchReport {
@@ -595,12 +597,15 @@ impl<S: Store, P: Publisher> Relay<S, P> {
             dead: completion.dead.len(),
             released: completion.released.len(),
         };
-        self.report(&batch, completion.now, &fates);
-        self.observe(&RelayEvent::BatchCompleted {
-            report,
-            claim: claim_took,
-            publish: publish_took,
-            complete: complete_took,
+        span.record(&report, publish_took, complete_took);
+        span.in_scope(|| {
+            self.report(&batch, completion.now, &fates);
+            self.observe(&RelayEvent::BatchCompleted {
+                report,
+                claim: claim_took,
+                publish: publish_took,
+                complete: complete_took,
+            });
         });
         Ok(report)
     }
@@ -941,6 +946,8 @@ struct Published {
     publish_took: Duration,
     /// Set when the publish hit an outage: how long to pause before publishing again.
     pause: Option<Duration>,
+    /// The batch's span (a no-op without the `tracing` feature).
+    span: BatchSpan,
 }
 
 /// The error of an entry whose publish panicked.

@@ -75,9 +75,23 @@ pub enum DetailFormat {
     ///  "data": {"total": 1200}}
     /// ```
     /// `data` is the payload, unchanged (any JSON value). `headers` holds the first value of
-    /// each header name. Rules match on `detail.data.…` and `detail.metadata.…`.
+    /// each header name. Rules match on `detail.data.…` and `detail.metadata.…`. The W3C trace
+    /// context travels in `headers` (`traceparent`, `tracestate`).
     Envelope,
+    /// `Detail` is the payload (a JSON object), with the entry's W3C trace context added as a
+    /// first member when the entry has a `traceparent` header:
+    ///
+    /// ```json
+    /// {"traceContext": {"traceparent": "00-4bf9…-00f0…-01", "tracestate": "vendor=x"}, "total": 1200}
+    /// ```
+    /// EventBridge does not deliver `TraceHeader` to targets (and it is in X-Ray form), so this is
+    /// how a consumer behind SQS or Lambda gets the context. `tracestate` appears only when the
+    /// entry has one. A payload that already has a `traceContext` member is sent unchanged.
+    PayloadWithTraceContext,
 }
+
+/// The member of a [`DetailFormat::PayloadWithTraceContext`] detail that holds the trace context.
+pub const TRACE_CONTEXT_MEMBER: &str = "traceContext";
 
 /// What goes into an event's `TraceHeader`, taken from the entry's `traceparent` header.
 ///

@@ -33,7 +33,7 @@
 //! | `EventBusName` | the configured bus name or ARN; none for the account's default bus |
 //! | `Resources` | empty, or what a user function returns ([`EventBridgeConfigBuilder::resources`]) |
 //! | `Time` | the entry's `created_at` |
-//! | `TraceHeader` | the entry's `traceparent` header, converted to the X-Ray form ([`TraceHeader`]) |
+//! | `TraceHeader` | the entry's `traceparent` header, converted to the X-Ray form ([`TraceHeader`]); EventBridge does not deliver it to targets |
 //!
 //! **Entry id, aggregate, headers.** EventBridge has no per-event attributes, and the event `id`
 //! it assigns changes when an entry is sent again. By default `Detail` is exactly the payload, so
@@ -46,6 +46,14 @@
 //! **Payloads must be JSON.** A payload that is not UTF-8, not JSON, or (by default) not a JSON
 //! object fails alone, permanently, before anything is sent, with the reason. JSON nested deeper
 //! than 128 levels is rejected too (the JSON checker's limit; EventBridge allows 1100).
+//!
+//! **Trace context.** EventBridge delivers no attributes and drops `TraceHeader` before targets,
+//! so the W3C context (`traceparent`, `tracestate`) reaches a consumer only inside `Detail`: in
+//! the envelope's `metadata.headers` ([`DetailFormat::Envelope`]), or as a `traceContext` member
+//! added to the payload ([`DetailFormat::PayloadWithTraceContext`]). With the `tracing` feature
+//! each publish runs in a `send {event bus}` producer span; with `opentelemetry` it links to each
+//! entry's creation context and `trace::extract` reads the context of a delivered event (e.g. an
+//! SQS message body). See the `outbox-telemetry` crate.
 //!
 //! ## Requests
 //! A batch is cut, in order, into requests of at most 10 entries ([`MAX_ENTRIES_PER_REQUEST`]) whose
@@ -93,12 +101,15 @@ pub mod classify;
 mod config;
 mod mapping;
 mod publisher;
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub mod trace;
 
 pub use aws_config;
 pub use aws_sdk_eventbridge;
 pub use config::{
     ConfigError, DetailFormat, DetailType, EventBridgeConfig, EventBridgeConfigBuilder, MAX_ENTRIES_PER_REQUEST,
-    MAX_REQUEST_BYTES, TraceHeader,
+    MAX_REQUEST_BYTES, TRACE_CONTEXT_MEMBER, TraceHeader,
 };
 pub use mapping::request_entry_size;
 pub use publisher::EventBridgePublisher;

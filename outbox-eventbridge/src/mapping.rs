@@ -5,7 +5,7 @@ use aws_sdk_eventbridge::primitives::DateTime;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use outbox_core::{Entry, Error, ErrorKind, header};
 
-use crate::config::{DetailFormat, EventBridgeConfig, TraceHeader, check_detail_type};
+use crate::config::{DetailFormat, EventBridgeConfig, TRACE_CONTEXT_MEMBER, TraceHeader, check_detail_type};
 
 /// Bytes the `Time` field counts for, as AWS documents it.
 const TIME_BYTES: usize = 14;
@@ -88,16 +88,42 @@ fn detail(entry: &Entry, format: DetailFormat) -> Result<String, Error> {
     let text =
         std::str::from_utf8(entry.payload.as_bytes()).map_err(|e| not_json(format!("it is not UTF-8 text ({e})")))?;
     serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| not_json(format!("it is not valid JSON ({e})")))?;
+    let object_only = || {
+        not_json(
+            "it is JSON but not an object, and Detail must be a JSON object; wrap it (or use \
+             DetailFormat::Envelope)"
+                .to_string(),
+        )
+    };
     match format {
         DetailFormat::Payload => {
             if !text.trim_start().starts_with('{') {
-                return Err(not_json(
-                    "it is JSON but not an object, and Detail must be a JSON object; wrap it (or use \
-                     DetailFormat::Envelope)"
-                        .to_string(),
-                ));
+                return Err(object_only());
             }
             Ok(text.to_string())
+        }
+        DetailFormat::PayloadWithTraceContext => {
+            let Some(body) = text.trim_start().strip_prefix('{') else {
+                return Err(object_only());
+            };
+            let Some(traceparent) = entry.headers.get(header::TRACEPARENT) else {
+                return Ok(text.to_string());
+            };
+            let has_member = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+                .map(|m| m.contains_key(TRACE_CONTEXT_MEMBER))
+                .unwrap_or(false);
+            if has_member {
+                return Ok(text.to_string());
+            }
+            let mut context = serde_json::Map::new();
+            context.insert(header::TRACEPARENT.to_string(), traceparent.into());
+            if let Some(state) = entry.headers.get(header::TRACESTATE) {
+                context.insert(header::TRACESTATE.to_string(), state.into());
+            }
+            let context = serde_json::Value::Object(context);
+            // Spliced in as text: the payload's own members keep their order and formatting.
+            let separator = if body.trim_start().starts_with('}') { "" } else { "," };
+            Ok(format!(r#"{{"{TRACE_CONTEXT_MEMBER}":{context}{separator}{body}"#))
         }
         DetailFormat::Envelope => {
             let mut headers = serde_json::Map::new();
@@ -256,6 +282,48 @@ mod tests {
         assert_eq!(m["headers"]["correlation-id"], "c-1", "the first value of a repeated header wins");
         assert_eq!(m["headers"]["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         assert!(prepare(&entry(b"nope"), &config).is_err(), "the payload must still be JSON");
+    }
+
+    #[test]
+    fn payload_with_trace_context_adds_the_w3c_context_as_a_first_member() {
+        let config =
+            EventBridgeConfig::builder("s").detail_format(DetailFormat::PayloadWithTraceContext).build().unwrap();
+        let with_state = |payload: &str| {
+            let new = NewEntry::builder("o", "1", "e")
+                .json(payload)
+                .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .header("tracestate", "vendor=x")
+                .build()
+                .unwrap();
+            Entry::from_new(new, 1, Timestamp::from_millis(0))
+        };
+        let p = prepare(&with_state(r#" {"total": 1.50, "a": 1} "#), &config).unwrap();
+        assert_eq!(
+            p.request.detail(),
+            Some(
+                r#"{"traceContext":{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"vendor=x"},"total": 1.50, "a": 1} "#
+            )
+        );
+        let p = prepare(&with_state("{}"), &config).unwrap();
+        let detail: serde_json::Value = serde_json::from_str(p.request.detail().unwrap()).unwrap();
+        assert_eq!(detail["traceContext"]["tracestate"], "vendor=x");
+        let own = r#"{"traceContext":"mine"}"#;
+        assert_eq!(prepare(&with_state(own), &config).unwrap().request.detail(), Some(own));
+        assert_eq!(
+            prepare(&entry(br#"{"x":1}"#), &config)
+                .unwrap()
+                .request
+                .detail()
+                .map(|d| d.starts_with(r#"{"traceContext":{"traceparent""#)),
+            Some(true)
+        );
+        let bare = Entry::from_new(
+            NewEntry::builder("o", "1", "e").json(r#"{"x":1}"#).build().unwrap(),
+            1,
+            Timestamp::from_millis(0),
+        );
+        assert_eq!(prepare(&bare, &config).unwrap().request.detail(), Some(r#"{"x":1}"#));
+        assert!(prepare(&with_state("[1]"), &config).is_err(), "still an object only");
     }
 
     #[test]

@@ -120,6 +120,18 @@ struct Chunk {
 
 impl Publisher for EventBridgePublisher {
     async fn publish(&self, batch: &[Entry]) -> Result<Vec<Outcome>> {
+        #[cfg(feature = "tracing")]
+        {
+            let bus = || Some(crate::trace::destination(self.config.event_bus_name()));
+            outbox_telemetry::send::Send::new(crate::trace::SYSTEM, batch).traced(bus, self.publish_batch(batch)).await
+        }
+        #[cfg(not(feature = "tracing"))]
+        self.publish_batch(batch).await
+    }
+}
+
+impl EventBridgePublisher {
+    async fn publish_batch(&self, batch: &[Entry]) -> Result<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = (0..batch.len()).map(|_| None).collect();
         // Aggregates with an entry that failed retryably in an earlier request of this batch:
         // their later entries are not sent (the relay releases them anyway), so EventBridge never

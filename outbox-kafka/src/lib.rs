@@ -12,10 +12,13 @@
 //!   prefix), or a function; names are validated against Kafka's rules.
 //! - **Metadata headers** ([`headers`]): `outbox-id`, `outbox-event-type`,
 //!   `outbox-aggregate-type`, `outbox-aggregate-id`, `outbox-sequence`, `content-type`, then
-//!   the entry's own headers (`traceparent` included).
+//!   the entry's own headers (`traceparent` and `tracestate` included).
 //! - **One honest outcome per entry**: a batch is enqueued as a whole, then every delivery
 //!   report is awaited and classified, retryable or permanent (table below). A bad entry (too
 //!   large, invalid topic name) fails alone.
+//! - **Observable** (features `tracing`, `opentelemetry`): a `send {topic}` producer span per
+//!   publish, linked to each entry's creation context, and [`trace::extract`] for consumers
+//!   (see the `outbox-telemetry` crate).
 //! - **Any librdkafka option** passes through [`KafkaConfig::set`] (SASL, TLS, compression,
 //!   `linger.ms`, ...); `Debug` and errors never show secrets ([Secrets](#secrets)).
 //!
@@ -118,6 +121,9 @@ mod config;
 pub mod headers;
 mod publisher;
 mod routing;
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub mod trace;
 
 pub use config::{ConfigError, DEFAULT_MESSAGE_MAX_BYTES, DEFAULT_OPTIONS, KafkaConfig, Key, KeyFn};
 pub use publisher::{KafkaPublisher, QUEUE_FULL_WAIT};

@@ -291,6 +291,17 @@ fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, ConfigError> 
 
 impl Publisher for KafkaPublisher {
     async fn publish(&self, batch: &[Entry]) -> Result<Vec<Outcome>> {
+        #[cfg(feature = "tracing")]
+        {
+            let routing = &self.inner.config.routing;
+            let topic = || {
+                outbox_telemetry::send::single_destination(batch, |e| routing.topic_for(e).ok().map(Cow::into_owned))
+            };
+            outbox_telemetry::send::Send::new(crate::trace::SYSTEM, batch)
+                .traced(topic, async { Ok(self.publish_batch(batch).await) })
+                .await
+        }
+        #[cfg(not(feature = "tracing"))]
         Ok(self.publish_batch(batch).await)
     }
 }

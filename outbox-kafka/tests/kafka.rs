@@ -423,3 +423,33 @@ fn configuration_is_checked_when_built() {
     let shown = format!("{publisher:?}");
     assert!(!shown.contains("hunter2") && shown.contains("sasl.password"), "{shown}");
 }
+
+/// A request span enqueues an entry with its trace context; the relay publishes it through
+/// Kafka in a `send {topic}` producer span linked to the request; the consumer extracts the
+/// context from the record, and its span is the request's child (same trace and tracestate).
+#[cfg(feature = "opentelemetry")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_consumer_span_joins_the_request_trace() {
+    use outbox_telemetry::testing::{Request, SpanCapture, consume};
+    let topic = unique("trace");
+    create_topics(&[&topic], 1).await;
+    let capture = SpanCapture::start();
+    let store = MemoryStore::new();
+    let request = Request::start();
+    let entry = request.entry(NewEntry::builder("order", "o-1", "order.placed").json("{}")).unwrap();
+    let id = entry.id();
+    store.enqueue([entry]).unwrap();
+    request.end();
+
+    let publisher = publisher(KafkaConfig::new(brokers(), Routing::topic(&topic).unwrap()));
+    let config =
+        RelayConfig { observer: std::sync::Arc::new(outbox_telemetry::Telemetry::new()), ..RelayConfig::default() };
+    let relay = Relay::new(store, publisher, config).unwrap();
+    assert_eq!(relay.run_once().await.unwrap().published, 1);
+
+    let received = receive(&consumer(&[&topic], 1), 1, WAIT).await;
+    assert_eq!(received.len(), 1);
+    assert_eq!(header(&header_pairs(&received[0]), "tracestate"), Some(Request::TRACESTATE));
+    consume(outbox_kafka::trace::extract(&received[0]));
+    capture.check_round_trip("kafka", &topic, id).unwrap();
+}

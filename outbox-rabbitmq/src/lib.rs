@@ -76,6 +76,12 @@
 //! One channel carries a batch, in batch order, and RabbitMQ keeps the order of one channel's
 //! messages within a queue, so entries of one aggregate reach each queue in sequence order.
 //!
+//! ## Tracing
+//! With the `tracing` feature each publish runs in a `send {exchange}` producer span with the
+//! OpenTelemetry messaging attributes; with `opentelemetry` it links to each entry's creation
+//! context, and [`trace::extract`] gives a consumer the context a delivery carries (the entry's
+//! `traceparent` and `tracestate` headers travel as AMQP headers). See the `outbox-telemetry` crate.
+//!
 //! ## Connection handling
 //! The publisher opens one connection with one confirm-mode channel on its first batch (or on
 //! [`RabbitMqPublisher::connect`]) and keeps it. When a batch finds the connection or channel
@@ -92,6 +98,9 @@
 mod config;
 pub mod message;
 mod publisher;
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub mod trace;
 
 pub use config::{
     ConfigError, DEFAULT_MAX_MESSAGE_SIZE, ExchangeType, MAX_MESSAGE_SIZE_LIMIT, MAX_SHORT_STRING, RabbitMqConfig,

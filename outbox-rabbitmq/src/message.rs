@@ -10,7 +10,7 @@
 //! | `timestamp` | [`Entry::created_at`], whole seconds since the Unix epoch |
 //! | `delivery_mode` | 2 (persistent), or 1 with `persistent(false)` |
 //! | `app_id` | the configured app id, if any |
-//! | headers | the entry's headers as long strings (`traceparent` included), then [`AGGREGATE_TYPE`], [`AGGREGATE_ID`] (long strings) and [`SEQUENCE`] (a signed 64-bit integer) |
+//! | headers | the entry's headers as long strings (`traceparent` and `tracestate` included), then [`AGGREGATE_TYPE`], [`AGGREGATE_ID`] (long strings) and [`SEQUENCE`] (a signed 64-bit integer) |
 //! | body | [`Entry::payload`], unchanged |
 //!
 //! ## Size limits

@@ -476,6 +476,15 @@ fn classify(e: lapin::Error, context: &str, url: &str) -> Error {
 
 impl Publisher for RabbitMqPublisher {
     async fn publish(&self, batch: &[Entry]) -> Result<Vec<Outcome>> {
+        #[cfg(feature = "tracing")]
+        {
+            // The destination is the exchange (AMQP's `messaging.destination.name`).
+            let exchange = || Some(crate::trace::destination(self.config().exchange()));
+            outbox_telemetry::send::Send::new(crate::trace::SYSTEM, batch)
+                .traced(exchange, self.publish_batch(batch))
+                .await
+        }
+        #[cfg(not(feature = "tracing"))]
         self.publish_batch(batch).await
     }
 }
