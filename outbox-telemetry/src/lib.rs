@@ -28,7 +28,7 @@
 //! // fmt layer, a Prometheus exporter); `Telemetry` registers its metrics with the recorder in place.
 //! let store = MemoryStore::new();
 //! store.enqueue([NewEntry::builder("order", "o-1", "order.placed").json("{}").build()?])?;
-//! let publisher = ScriptedPublisher::new(|_| Some(Error::new(ErrorKind::Unavailable, "broker down")));
+//! let publisher = ScriptedPublisher::new(|_| Some(Error::new(ErrorKind::Timeout, "no answer").with_outage(false)));
 //! let config = RelayConfig { observer: Arc::new(Telemetry::new()), ..RelayConfig::default() };
 //! let relay = Relay::new(store, publisher, config)?;
 //! let report = relay.run_once().await?; // logs "publish failed; will retry", counts 1 retried

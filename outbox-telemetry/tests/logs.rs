@@ -61,7 +61,7 @@ fn a_failing_publish_logs_one_warning_with_the_entry_id_and_no_secret() {
     let id = entry.id();
     store.enqueue([entry]).unwrap();
     let publisher = ScriptedPublisher::new(|_| {
-        Some(Error::new(ErrorKind::Unavailable, "cannot reach amqp://guest:url-secret-pw@127.0.0.1:5672/%2f"))
+        Some(Error::new(ErrorKind::Timeout, "no answer from amqp://guest:url-secret-pw@127.0.0.1:5672/%2f").with_outage(false))
     });
     let config = RelayConfig { observer: Arc::new(TracingObserver::new()), ..RelayConfig::default() };
     let relay = Relay::new(store, publisher, config).unwrap();
@@ -79,9 +79,9 @@ fn a_failing_publish_logs_one_warning_with_the_entry_id_and_no_secret() {
     assert_eq!(field("entry_id"), Some(id.to_string()));
     assert_eq!(field("aggregate_id").as_deref(), Some("o-1"));
     assert_eq!(field("attempt").as_deref(), Some("1"));
-    assert_eq!(field("error.kind").as_deref(), Some("unavailable"));
+    assert_eq!(field("error.kind").as_deref(), Some("timeout"));
     assert!(field("next_attempt_at").is_some_and(|t| t.ends_with('Z')), "{:?}", field("next_attempt_at"));
-    assert_eq!(field("error").as_deref(), Some("cannot reach amqp://guest:***@127.0.0.1:5672/%2f"));
+    assert_eq!(field("error").as_deref(), Some("no answer from amqp://guest:***@127.0.0.1:5672/%2f"));
 
     let everything = format!("{events:?} {:?}", captured.span_fields.lock().unwrap());
     for secret in ["url-secret-pw", "header-secret-token", "payload-secret"] {

@@ -137,7 +137,7 @@ async fn drain_with_failures() {
     let outage = Arc::new(AtomicBool::new(true));
     let failing = outage.clone();
     let publisher = ScriptedPublisher::new(move |e| match (e.aggregate_id.as_str(), failing.load(Ordering::Relaxed)) {
-        ("o-1", true) => Some(Error::new(ErrorKind::Unavailable, "scripted outage")),
+        ("o-1", true) => Some(Error::new(ErrorKind::Timeout, "scripted timeout").with_outage(false)),
         ("o-2", _) => Some(Error::new(ErrorKind::Rejected, "scripted rejection")),
         _ => None,
     });
