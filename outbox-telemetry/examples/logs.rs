@@ -17,7 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         NewEntry::builder("order", "o-3", "order.placed").json("{}").build()?,
     ])?;
     let publisher = ScriptedPublisher::new(|e| match e.aggregate_id.as_str() {
-        "o-1" => Some(Error::new(ErrorKind::Timeout, "no answer from amqp://relay:s3cret@mq.internal:5672").with_outage(false)),
+        "o-1" => Some(
+            Error::new(ErrorKind::Timeout, "no answer from amqp://relay:s3cret@mq.internal:5672").with_outage(false),
+        ),
         "o-2" => Some(Error::new(ErrorKind::TooLarge, "message of 2 MiB is over the broker's 1 MiB limit")),
         _ => None,
     });

@@ -61,7 +61,10 @@ fn a_failing_publish_logs_one_warning_with_the_entry_id_and_no_secret() {
     let id = entry.id();
     store.enqueue([entry]).unwrap();
     let publisher = ScriptedPublisher::new(|_| {
-        Some(Error::new(ErrorKind::Timeout, "no answer from amqp://guest:url-secret-pw@127.0.0.1:5672/%2f").with_outage(false))
+        Some(
+            Error::new(ErrorKind::Timeout, "no answer from amqp://guest:url-secret-pw@127.0.0.1:5672/%2f")
+                .with_outage(false),
+        )
     });
     let config = RelayConfig { observer: Arc::new(TracingObserver::new()), ..RelayConfig::default() };
     let relay = Relay::new(store, publisher, config).unwrap();
