@@ -6,6 +6,7 @@
 //!
 //! ## Example
 //! ```no_run
+//! # #![recursion_limit = "256"] // the AWS SDK's futures, with the tracing features on
 //! use outbox_core::{MemoryStore, Relay, RelayConfig};
 //! use outbox_eventbridge::{EventBridgeConfig, EventBridgePublisher};
 //!
